@@ -1,0 +1,32 @@
+import pytest
+
+from medkor.vocab.corpus import CorpusError, read_documents, read_terms, split_heldout
+
+
+def test_reads_jsonl_and_text(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"text": "당뇨병은 흔하다."}\n\n{"text": "고혈압"}\n', encoding="utf-8")
+    (tmp_path / "b.txt").write_text("첫 줄\n\n둘째 줄\n", encoding="utf-8")
+    assert read_documents([tmp_path / "a.jsonl", tmp_path / "b.txt"]) == ["당뇨병은 흔하다.", "고혈압", "첫 줄", "둘째 줄"]
+
+
+def test_jsonl_errors_name_file_line_and_field(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "ok"}\n{"body": "x"}\n', encoding="utf-8")
+    with pytest.raises(CorpusError, match=r"bad.jsonl:2: no field 'text' \(found \['body'\]\); pass --text_field"):
+        read_documents([path])
+    path.write_text('{"text": "ok"}\n{"text": 3}\n{oops\n', encoding="utf-8")
+    with pytest.raises(CorpusError, match=r"bad.jsonl:2: field 'text' is int"):
+        read_documents([path])
+    path.write_text('{"text": "ok"}\n{oops\n', encoding="utf-8")
+    with pytest.raises(CorpusError, match=r"bad.jsonl:2: not valid JSON"):
+        read_documents([path])
+    with pytest.raises(CorpusError, match="missing.jsonl: corpus file not found"):
+        read_documents([tmp_path / "missing.jsonl"])
+
+
+def test_terms_and_heldout_split(tmp_path):
+    (tmp_path / "t.txt").write_text("당뇨병\n당뇨병\n(급성)심근경색 폐렴\n", encoding="utf-8")
+    assert read_terms([tmp_path / "t.txt"]) == ["▁당뇨병", "▁심근경색", "▁폐렴"]
+    kept, held = split_heldout([str(i) for i in range(10)], every=5)
+    assert held == ["4", "9"] and len(kept) == 8
+    assert split_heldout(["a", "b"], every=0) == (["a", "b"], [])
