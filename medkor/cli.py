@@ -80,6 +80,12 @@ class _ParseOnlyCLI(MedKorCLI):
     def instantiate_classes(self) -> None:
         pass
 
+    def _set_seed(self) -> None:
+        pass  # parsing a config must not seed anything
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        self.config = parser.parse_args(args)  # args come from a command, not sys.argv
+
 
 def parse_run_config(args: Sequence[str]) -> Any:
     """The parsed config of `medkor fit ARGS` without building model, data or Trainer.
@@ -120,7 +126,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     MedKorCLI(
         MedGemmaModule,
         MedKorDataModule,
-        args=args,
+        args=None if argv is None else args,  # None: LightningCLI reads sys.argv itself
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
     )

@@ -1,0 +1,87 @@
+"""`medkor cache ls|verify|rm CACHE_DIR`: inspect and clean tokenized caches."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from medkor.data.inventory import list_caches, remove_cache, select, verify_cache
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medkor cache", description="Inspect and clean tokenized caches.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    ls = sub.add_parser("ls", help="List caches: size, rows, tokens, created, what went into the key.")
+    ls.add_argument("cache_dir", type=Path, help="The cache directory (default of a run: <data_dir>/.cache).")
+    ls.add_argument("--json", action="store_true", help="One JSON object per cache instead of text.")
+    verify = sub.add_parser("verify", help="Check manifests against the Arrow files (hashes, rows, tokens).")
+    verify.add_argument("cache_dir", type=Path)
+    verify.add_argument("names", nargs="*", help="Only these caches (name or prefix).")
+    rm = sub.add_parser("rm", help="Remove named, old or damaged caches and leftover build folders.")
+    rm.add_argument("cache_dir", type=Path)
+    rm.add_argument("names", nargs="*", help="Caches to remove (name, prefix or key fragment).")
+    rm.add_argument("--older-than", type=float, metavar="DAYS", help="Also remove caches built more than DAYS ago.")
+    rm.add_argument("--all", action="store_true", help="Remove every cache in the directory.")
+    rm.add_argument("--dry-run", action="store_true", help="Only print what would be removed.")
+    return parser
+
+
+def _ls(cache_dir: Path, as_json: bool) -> int:
+    entries = list_caches(cache_dir)
+    for entry in entries:
+        if as_json:
+            print(json.dumps(entry, ensure_ascii=False))
+            continue
+        print(f"{entry['name']}  {entry['bytes'] / 2**20:.1f} MiB  {entry['state']}")
+        if "rows" in entry:
+            print(f"    {entry['rows']} rows, {entry['tokens']} tokens, {entry['documents']} documents, "
+                  f"{entry['skipped']} skipped, created {entry['created']}")
+            print(f"    tokenizer {entry['tokenizer_path']}; files {', '.join(entry['files'])}")
+            print(f"    {json.dumps(entry['params'], ensure_ascii=False)}")
+    if not entries and not as_json:
+        print(f"no caches in {cache_dir}")
+    return 0
+
+
+def _verify(cache_dir: Path, names: list[str]) -> int:
+    failed = 0
+    for entry in list_caches(cache_dir):
+        if entry["name"].startswith(".") or (names and not any(entry["name"].startswith(n) for n in names)):
+            continue
+        problems = verify_cache(Path(entry["path"]))
+        print(f"{entry['name']}: {'ok' if not problems else 'FAILED'}")
+        for problem in problems:
+            print(f"    {problem}")
+        failed += bool(problems)
+    return 1 if failed else 0
+
+
+def _rm(cache_dir: Path, names: list[str], older_than: float | None, everything: bool, dry_run: bool) -> int:
+    if not (names or older_than is not None or everything):
+        print("medkor cache rm: name caches, or give --older-than DAYS or --all (leftover build folders "
+              "are removed in every case)", file=sys.stderr)
+    busy = 0
+    for folder in select(cache_dir, names, older_than, everything):
+        if dry_run:
+            print(f"would remove {folder}")
+        elif remove_cache(folder):
+            print(f"removed {folder}")
+        else:
+            print(f"skipped {folder}: a build of this key is running", file=sys.stderr)
+            busy += 1
+    return 1 if busy else 0
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if args.action == "ls":
+        return _ls(args.cache_dir, args.json)
+    if args.action == "verify":
+        return _verify(args.cache_dir, args.names)
+    return _rm(args.cache_dir, args.names, args.older_than, args.all, args.dry_run)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

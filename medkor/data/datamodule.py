@@ -1,0 +1,176 @@
+"""`MedKorDataModule`: the thin Lightning edge of the cache.
+
+`prepare_data` finds or builds the caches (once per node, or once in all with
+`prepare_data_per_node: false` on a shared file system) and sets no state;
+`setup` verifies the manifests and memory-maps the rows on every rank.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+from medkor.data.build import Selection
+from medkor.data.cache import CacheRequest, CacheResult, ensure_cache, open_cache
+from medkor.data.collate import Collator
+from medkor.data.rows import RowsFile
+from medkor.data.sources import OnBadRecord, require_train_files, split_files
+
+FORMATS = ("text",)
+
+
+def _ensure_log_handler() -> None:
+    # hit/miss lines must be visible without the user configuring logging
+    logger = logging.getLogger("medkor")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[medkor] %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+class MedKorDataModule(pl.LightningDataModule):
+    """Korean medical text, tokenized once into packed rows and cached by content.
+
+    Args:
+        data_dir: Folder with `train.jsonl` (or `train-*.jsonl`, `train/*.jsonl`) and
+            optionally `validation.jsonl` (same patterns), one JSON object per line.
+        tokenizer_path: Tokenizer folder or hub id; linked from `model.tokenizer_path`.
+        format: Record format; `text` (continued pretraining on the `text_field` string).
+        text_field: Field of each record that holds the document text.
+        max_length: Tokens per row.
+        packing: Concatenate documents (BOS ... EOS each) and cut rows of exactly
+            `max_length`; the remainder becomes one shorter final row, so no token is
+            lost. False: one document per row, split into `max_length` pieces.
+            Default: true for `text`.
+        max_samples: Keep at most this many documents per split (in file order).
+        cache_dir: Where caches live; default `<data_dir>/.cache`.
+        overwrite_cache: Rebuild even when a valid cache exists.
+        num_proc: Tokenizer processes (`datasets.map`). Default one: the Rust tokenizer
+            already spreads each batch over all cores; more processes also spread
+            the Python-side work, which pays off on many-core machines.
+        batch_size: Rows per batch.
+        num_workers: DataLoader worker processes.
+        val_fraction: Without a validation file, move this fraction of the training
+            documents (chosen by a seeded hash of their content) to validation.
+        seed: Seed of the validation split and of the training shuffle.
+        on_bad_record: `error` stops at the first bad line (file:line in the message);
+            `skip` drops it and counts it in the manifest.
+        prepare_data_per_node: Build caches on every node (node-local disks) or once
+            in all (false: a shared file system).
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        tokenizer_path: Optional[str] = None,
+        format: str = "text",
+        text_field: str = "text",
+        max_length: int = 2048,
+        packing: Optional[bool] = None,
+        max_samples: Optional[int] = None,
+        cache_dir: Optional[str] = None,
+        overwrite_cache: bool = False,
+        num_proc: Optional[int] = None,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        val_fraction: float = 0.0,
+        seed: int = 42,
+        on_bad_record: OnBadRecord = "error",
+        prepare_data_per_node: bool = True,
+    ) -> None:
+        super().__init__()
+        if format not in FORMATS:
+            raise ValueError(f"format {format!r} is not supported; choose one of {', '.join(FORMATS)}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if max_samples is not None and max_samples < 1:
+            raise ValueError(f"max_samples must be positive, got {max_samples}")
+        self.data_dir = data_dir
+        self.tokenizer_path = tokenizer_path
+        self.format = format
+        self.text_field = text_field
+        self.max_length = max_length
+        self.packing = True if packing is None else packing
+        self.max_samples = max_samples
+        self.cache_dir = cache_dir if cache_dir is not None else str(Path(data_dir) / ".cache")
+        self.overwrite_cache = overwrite_cache
+        self.num_proc = num_proc
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.on_bad_record = on_bad_record
+        self.prepare_data_per_node = prepare_data_per_node
+        self.datasets: dict[str, RowsFile] = {}
+        self.pad_token_id = 0
+        _ensure_log_handler()
+
+    def cache_requests(self) -> list[CacheRequest]:
+        """One request per split: train, and validation from a file or carved from train."""
+        if not self.tokenizer_path:
+            raise ValueError("data.tokenizer_path is not set (it is linked from model.tokenizer_path)")
+        train = require_train_files(self.data_dir)
+        validation = split_files(self.data_dir, "validation")
+        common = dict(text_field=self.text_field, on_bad_record=self.on_bad_record, max_samples=self.max_samples, seed=self.seed)
+        selections = {"train": Selection(files=train, **common)}
+        if validation:
+            selections["validation"] = Selection(files=validation, **common)
+        elif self.val_fraction > 0:
+            selections["train"] = Selection(files=train, val_fraction=self.val_fraction, **common)
+            selections["validation"] = Selection(files=train, val_fraction=self.val_fraction, take_validation=True, **common)
+        return [
+            CacheRequest(
+                split=split,
+                selection=selection,
+                data_dir=Path(self.data_dir),
+                cache_dir=Path(self.cache_dir),
+                tokenizer_path=self.tokenizer_path,
+                format=self.format,
+                max_length=self.max_length,
+                packing=self.packing,
+                num_proc=self.num_proc,
+                overwrite=self.overwrite_cache,
+            )
+            for split, selection in selections.items()
+        ]
+
+    def prepare_caches(self) -> list[CacheResult]:
+        """Find or build every split's cache; returns what happened to each."""
+        return [ensure_cache(request) for request in self.cache_requests()]
+
+    def prepare_data(self) -> None:
+        self.prepare_caches()
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        for request in self.cache_requests():
+            rows, manifest = open_cache(request)
+            self.datasets[request.split] = rows
+            self.pad_token_id = manifest["pad_token_id"]
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            raise RuntimeError(f"no {split!r} rows loaded; call setup() first")
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            collate_fn=Collator(self.pad_token_id),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> Any:
+        return self._loader("validation", shuffle=False) if "validation" in self.datasets else []

@@ -1,0 +1,144 @@
+"""Content fingerprints of data files and tokenizers, the inputs of a cache key.
+
+Hashing a 1.5 GB corpus at every start would make warm starts grow with the corpus,
+so a content hash is remembered next to the caches together with the file's
+(device, inode, size, mtime, ctime). Any write to a file changes its ctime, which no
+user tool can set back, so an unchanged stat means unchanged content. As git does for
+"racily clean" files, a hash is only remembered when the file was last changed well
+before it was read, so a write in the same clock tick as the read cannot be missed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import xxhash
+
+MEMO_NAME = "fingerprints.json"
+_RACY_NS = 2_000_000_000  # a change this close before a read is not trusted to be seen
+
+
+def hash_bytes_of(path: Path, chunk: int = 1 << 22) -> str:
+    """xxh3-128 of a file's bytes."""
+    digest = xxhash.xxh3_128()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def hash_text(*parts: str) -> str:
+    digest = xxhash.xxh3_128()
+    for part in parts:
+        digest.update(part.encode("utf-8"))
+        digest.update(b"\x00")
+    return digest.hexdigest()
+
+
+def _stat_tuple(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+class FingerprintMemo:
+    """Remembered content hashes, keyed by kind and absolute path, valid while the stat holds."""
+
+    def __init__(self, folder: Optional[Path]) -> None:
+        self.path = Path(folder) / MEMO_NAME if folder is not None else None
+        self.entries: dict[str, Any] = {}
+        self.dirty = False
+        if self.path is not None and self.path.is_file():
+            try:
+                self.entries = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                self.entries = {}  # a damaged memo only costs a rehash
+
+    def get(self, name: str, stats: list[list[int]]) -> Optional[str]:
+        entry = self.entries.get(name)
+        if entry and entry.get("stat") == stats:
+            return entry["hash"]
+        return None
+
+    def put(self, name: str, stats: list[list[int]], digest: str, read_start_ns: int) -> None:
+        if all(s[4] < read_start_ns - _RACY_NS and s[3] < read_start_ns - _RACY_NS for s in stats):
+            self.entries[name] = {"stat": stats, "hash": digest}
+            self.dirty = True
+
+    def save(self) -> None:
+        """Write atomically; concurrent writers race harmlessly (last one wins)."""
+        if not self.dirty or self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{MEMO_NAME}.{uuid.uuid4().hex}")
+        tmp.write_text(json.dumps(self.entries, sort_keys=True))
+        os.replace(tmp, self.path)
+        self.dirty = False
+
+    def content_hash(self, name: str, paths: list[Path], compute: Callable[[], str]) -> str:
+        """The remembered hash of `paths` under `name`, or `compute()` (remembered if safe)."""
+        stats = [_stat_tuple(p) for p in paths]
+        cached = self.get(name, stats)
+        if cached is not None:
+            return cached
+        start = time.time_ns()
+        digest = compute()
+        if [_stat_tuple(p) for p in paths] == stats:
+            self.put(name, stats, digest, start)
+        return digest
+
+
+def file_fingerprints(files: list[Path], data_dir: Path, memo: FingerprintMemo) -> list[dict[str, Any]]:
+    """Name (relative to data_dir), size and content hash of every data file, in order."""
+    out = []
+    for path in files:
+        path = Path(path)
+        digest = memo.content_hash(f"file:{path.resolve()}", [path], lambda p=path: hash_bytes_of(p))
+        try:
+            name = str(path.relative_to(data_dir))
+        except ValueError:
+            name = str(path)
+        out.append({"name": name, "size": path.stat().st_size, "xxh3": digest})
+    return out
+
+
+def tokenizer_state(tokenizer: Any) -> str:
+    """Everything about a fast tokenizer that changes the ids it produces or renders.
+
+    The backend's serialized state holds normaliser, pre-tokenizer, model (vocab and
+    merges), added tokens, post-processor and decoder; the chat template and special
+    token ids live on the Python wrapper.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise TypeError(f"{type(tokenizer).__name__} is not a fast tokenizer; medkor needs a tokenizers-backed one")
+    specials = {
+        "bos": tokenizer.bos_token_id,
+        "eos": tokenizer.eos_token_id,
+        "pad": tokenizer.pad_token_id,
+        "unk": tokenizer.unk_token_id,
+        "all": sorted(str(t) for t in tokenizer.all_special_tokens),
+    }
+    template = tokenizer.chat_template
+    if not isinstance(template, (str, type(None))):
+        template = json.dumps(template, sort_keys=True)
+    return hash_text(backend.to_str(), json.dumps(specials, sort_keys=True), template or "")
+
+
+def _tokenizer_files(tokenizer_path: str) -> Optional[list[Path]]:
+    root = Path(tokenizer_path)
+    if not root.is_dir():
+        return None  # a hub id: no local files to remember a hash by
+    return sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def tokenizer_fingerprint(tokenizer_path: str, memo: FingerprintMemo, load: Callable[[], Any]) -> str:
+    """Hash of the tokenizer's content; loads it only when its files changed since last time."""
+    files = _tokenizer_files(tokenizer_path)
+    if not files:
+        return tokenizer_state(load())
+    return memo.content_hash(f"tokenizer:{Path(tokenizer_path).resolve()}", files, lambda: tokenizer_state(load()))

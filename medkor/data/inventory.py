@@ -1,0 +1,123 @@
+"""Operations on a cache directory: list, verify, remove (behind `medkor cache`)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from filelock import FileLock, Timeout
+
+from medkor.data.cache import MANIFEST, TMP_PREFIX, TRASH_PREFIX, check_manifest, read_manifest
+from medkor.data.fingerprint import hash_bytes_of
+from medkor.data.rows import ROWS_FILE, RowsFile
+
+
+def _size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _lock_of(folder: Path) -> FileLock:
+    return FileLock(str(folder.parent / f"{folder.name}.lock"))
+
+
+def list_caches(cache_dir: Path) -> list[dict[str, Any]]:
+    """Every folder in `cache_dir`: published caches with their manifest facts, and leftovers."""
+    out: list[dict[str, Any]] = []
+    if not Path(cache_dir).is_dir():
+        return out
+    for folder in sorted(p for p in Path(cache_dir).iterdir() if p.is_dir()):
+        entry: dict[str, Any] = {"name": folder.name, "path": str(folder), "bytes": _size(folder)}
+        if folder.name.startswith(TMP_PREFIX):
+            entry["state"] = "building or abandoned"
+        elif folder.name.startswith(TRASH_PREFIX):
+            entry["state"] = "being removed"
+        else:
+            problem = check_manifest(folder)
+            entry["state"] = "ok" if problem is None else f"invalid: {problem}"
+            if problem is None:
+                manifest = read_manifest(folder)
+                entry.update(
+                    split=manifest["split"],
+                    rows=manifest["rows"],
+                    tokens=manifest["tokens"],
+                    documents=manifest.get("documents"),
+                    skipped=manifest.get("skipped", 0),
+                    created=manifest.get("created"),
+                    key=manifest["key"],
+                    tokenizer_path=manifest.get("tokenizer_path"),
+                    files=[f"{f['name']} ({f['size']} B)" for f in manifest["inputs"]["files"]],
+                    params=manifest["inputs"]["params"],
+                )
+        out.append(entry)
+    return out
+
+
+def verify_cache(folder: Path) -> list[str]:
+    """Full check of one cache: manifest, file sizes and hashes, row and token counts."""
+    problem = check_manifest(folder)
+    if problem is not None:
+        return [problem]
+    manifest = read_manifest(folder)
+    problems = []
+    for name, info in manifest["files"].items():
+        digest = hash_bytes_of(folder / name)
+        if digest != info.get("xxh3"):
+            problems.append(f"{folder / name}: content hash {digest} != manifest {info.get('xxh3')}")
+    if problems:
+        return problems
+    try:
+        rows = RowsFile(folder / ROWS_FILE)
+    except Exception as err:  # any Arrow error means the file is unusable
+        return [f"{folder / ROWS_FILE}: unreadable ({err})"]
+    if len(rows) != manifest["rows"]:
+        problems.append(f"{len(rows)} rows in {ROWS_FILE}, manifest says {manifest['rows']}")
+    if rows.token_count() != manifest["tokens"]:
+        problems.append(f"{rows.token_count()} tokens in {ROWS_FILE}, manifest says {manifest['tokens']}")
+    lengths = rows.row_lengths()
+    if len(lengths) and (lengths.max() > manifest["max_length"] or lengths.min() < 1):
+        problems.append(f"row lengths outside 1..{manifest['max_length']}")
+    if manifest.get("packing") and len(lengths) > 1 and (lengths[:-1] != manifest["max_length"]).any():
+        problems.append("a packed row other than the last is shorter than max_length")
+    return problems
+
+
+def remove_cache(folder: Path, wait: bool = False) -> bool:
+    """Remove one folder; a published one only while no builder holds its lock."""
+    if folder.name.startswith((TMP_PREFIX, TRASH_PREFIX)):
+        name = folder.name.split("-", 1)[1]
+        # a temporary folder's key name is everything before host-pid-rand
+        key_name = "-".join(name.split("-")[:2])
+        lock = FileLock(str(folder.parent / f"{key_name}.lock"))
+    else:
+        lock = _lock_of(folder)
+    try:
+        lock.acquire(timeout=-1 if wait else 0)
+    except Timeout:
+        return False  # a build of this key is running
+    try:
+        # rename first so a reader never sees a half-deleted cache under its real name
+        doomed = folder.with_name(f"{TRASH_PREFIX}{folder.name.lstrip('.')}-rm") if not folder.name.startswith(".") else folder
+        if doomed != folder:
+            folder.rename(doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+        return True
+    finally:
+        lock.release()
+
+
+def select(cache_dir: Path, names: list[str], older_than_days: Optional[float], everything: bool) -> list[Path]:
+    """The folders `medkor cache rm` acts on: named ones (prefixes), old ones, leftovers."""
+    chosen = []
+    now = time.time()
+    for folder in sorted(p for p in Path(cache_dir).iterdir() if p.is_dir()) if Path(cache_dir).is_dir() else []:
+        leftover = folder.name.startswith((TMP_PREFIX, TRASH_PREFIX))
+        named = any(folder.name.startswith(n) or n in folder.name for n in names)
+        old = False
+        if older_than_days is not None and (folder / MANIFEST).is_file():
+            old = now - (folder / MANIFEST).stat().st_mtime > older_than_days * 86400
+        invalid = not leftover and check_manifest(folder) is not None
+        if everything or named or old or leftover or invalid:
+            chosen.append(folder)
+    return chosen

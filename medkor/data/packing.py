@@ -1,0 +1,111 @@
+"""Cut tokenized documents into training rows, losing no token.
+
+Packed: documents are concatenated and cut into rows of exactly `max_length`; a row
+may start in the middle of a document. The tokens left after the last full row
+become one final, shorter row (the collate pads it, labels -100), so every token of
+every document is kept. Unpacked: each document is its own row, split into pieces
+of at most `max_length` when longer.
+
+Each row carries `doc_starts`, the offsets inside the row where a document begins,
+so position ids can restart there and a document-aware attention mask can be built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+
+@dataclass
+class Rows:
+    """A batch of variable-length rows as flat arrays plus offsets (Arrow list layout)."""
+
+    values: np.ndarray  # int32 tokens of all rows, concatenated
+    offsets: np.ndarray  # int32, len(rows) + 1
+    starts: np.ndarray  # int32 document starts inside each row, concatenated
+    starts_offsets: np.ndarray  # int32, len(rows) + 1
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+
+def _doc_offsets(lengths: np.ndarray) -> np.ndarray:
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets
+
+
+class Packer:
+    """Streaming packer: feed documents chunk by chunk, collect rows, then `finish`."""
+
+    def __init__(self, max_length: int, packing: bool = True) -> None:
+        if max_length < 2:
+            raise ValueError(f"max_length must be at least 2, got {max_length}")
+        self.max_length = max_length
+        self.packing = packing
+        self._values = np.zeros(0, dtype=np.int32)  # carried tokens (packing only)
+        self._starts = np.zeros(0, dtype=np.int64)  # document starts inside the carry
+
+    def add(self, values: np.ndarray, lengths: np.ndarray) -> Iterator[Rows]:
+        """Documents given as concatenated tokens and their lengths; yields finished rows."""
+        values = np.asarray(values, dtype=np.int32)
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if lengths.sum() != len(values):
+            raise ValueError("document lengths do not add up to the number of tokens")
+        if not self.packing:
+            if len(lengths):
+                yield self._pieces(values, lengths)
+            return
+        starts = _doc_offsets(lengths)[:-1][lengths > 0] + len(self._values)
+        self._values = np.concatenate([self._values, values])
+        self._starts = np.concatenate([self._starts, starts])
+        full = len(self._values) // self.max_length
+        if full:
+            yield self._cut(full)
+
+    def finish(self) -> Iterator[Rows]:
+        """The final partial row, if tokens remain (packing only)."""
+        if self.packing and len(self._values):
+            size = len(self._values)
+            yield Rows(
+                values=self._values,
+                offsets=np.array([0, size], dtype=np.int32),
+                starts=self._starts.astype(np.int32),
+                starts_offsets=np.array([0, len(self._starts)], dtype=np.int32),
+            )
+            self._values = np.zeros(0, dtype=np.int32)
+            self._starts = np.zeros(0, dtype=np.int64)
+
+    def _cut(self, full: int) -> Rows:
+        length = self.max_length
+        cut = full * length
+        inside = self._starts[self._starts < cut]
+        counts = np.bincount(inside // length, minlength=full)
+        rows = Rows(
+            values=self._values[:cut],
+            offsets=(np.arange(full + 1, dtype=np.int64) * length).astype(np.int32),
+            starts=(inside % length).astype(np.int32),
+            starts_offsets=_doc_offsets(counts).astype(np.int32),
+        )
+        self._values = self._values[cut:].copy()
+        self._starts = self._starts[len(inside):] - cut
+        return rows
+
+    def _pieces(self, values: np.ndarray, lengths: np.ndarray) -> Rows:
+        length = self.max_length
+        lengths = lengths[lengths > 0]
+        doc_off = _doc_offsets(lengths)
+        pieces = (lengths + length - 1) // length
+        doc_of_piece = np.repeat(np.arange(len(lengths)), pieces)
+        first_piece = np.repeat(_doc_offsets(pieces)[:-1], pieces)
+        index_in_doc = np.arange(len(doc_of_piece)) - first_piece
+        piece_start = doc_off[doc_of_piece] + index_in_doc * length
+        n = len(piece_start)
+        return Rows(
+            values=values,
+            offsets=np.append(piece_start, len(values)).astype(np.int32),
+            starts=np.zeros(n, dtype=np.int32),
+            starts_offsets=np.arange(n + 1, dtype=np.int32),
+        )

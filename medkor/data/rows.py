@@ -1,0 +1,95 @@
+"""Read and write the rows file of a cache: Arrow IPC, memory-mapped on load.
+
+Schema: `input_ids: list<int32>` and `doc_starts: list<int32>` (where documents begin
+inside the row). The file is written in record batches so no single list column
+overflows 32-bit offsets; loading maps the file and indexes rows without copying.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pyarrow as pa
+
+from medkor.data.packing import Rows
+
+ROWS_FILE = "rows.arrow"
+SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("doc_starts", pa.list_(pa.int32()))])
+
+
+def write_rows(path: Path, batches: Iterable[Rows]) -> tuple[int, int]:
+    """Write row batches to `path`; returns (rows, tokens)."""
+    rows = tokens = 0
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
+        for batch in batches:
+            if not len(batch):
+                continue
+            ids = pa.ListArray.from_arrays(pa.array(batch.offsets, pa.int32()), pa.array(batch.values, pa.int32()))
+            starts = pa.ListArray.from_arrays(
+                pa.array(batch.starts_offsets, pa.int32()), pa.array(batch.starts, pa.int32())
+            )
+            writer.write_batch(pa.record_batch([ids, starts], schema=SCHEMA))
+            rows += len(batch)
+            tokens += int(batch.offsets[-1] - batch.offsets[0])
+    return rows, tokens
+
+
+class RowsFile:
+    """A memory-mapped rows file: `len()` rows, `[i]` -> (input_ids, doc_starts) int32 arrays."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._open()
+
+    # DataLoader workers started by spawn get the path and map the file themselves
+    def __getstate__(self) -> dict:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict) -> None:
+        self.path = state["path"]
+        self._open()
+
+    def _open(self) -> None:
+        self._source = pa.memory_map(str(self.path), "r")
+        reader = pa.ipc.open_file(self._source)
+        if reader.schema != SCHEMA:
+            raise ValueError(f"{self.path}: unexpected schema {reader.schema}")
+        self._parts = []
+        counts = []
+        for i in range(reader.num_record_batches):
+            batch = reader.get_batch(i)
+            ids, starts = batch.column(0), batch.column(1)
+            self._parts.append(
+                (
+                    ids.values.to_numpy(zero_copy_only=True),
+                    ids.offsets.to_numpy(zero_copy_only=True),
+                    starts.values.to_numpy(zero_copy_only=True),
+                    starts.offsets.to_numpy(zero_copy_only=True),
+                )
+            )
+            counts.append(len(batch))
+        self._ends = np.cumsum(counts, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return int(self._ends[-1]) if len(self._ends) else 0
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"row {index} out of range for {len(self)} rows")
+        part = int(np.searchsorted(self._ends, index, side="right"))
+        local = index - (int(self._ends[part - 1]) if part else 0)
+        values, offsets, starts, starts_offsets = self._parts[part]
+        return (
+            values[offsets[local] : offsets[local + 1]],
+            starts[starts_offsets[local] : starts_offsets[local + 1]],
+        )
+
+    def token_count(self) -> int:
+        return int(sum(int(off[-1] - off[0]) for _, off, _, _ in self._parts))
+
+    def row_lengths(self) -> np.ndarray:
+        return np.concatenate([np.diff(off) for _, off, _, _ in self._parts]) if self._parts else np.zeros(0, np.int64)

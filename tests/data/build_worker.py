@@ -1,0 +1,28 @@
+"""Run one cache build in its own process (for kill and concurrency tests).
+
+usage: python build_worker.py DATA_DIR TOKENIZER_DIR MAX_LENGTH [NUM_PROC]
+Prints the result summary as one JSON line.
+"""
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from medkor.data.build import Selection
+from medkor.data.cache import CacheRequest, ensure_cache
+from medkor.data.sources import split_files
+
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+data_dir, tokenizer_dir, max_length = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+num_proc = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+request = CacheRequest(
+    split="train",
+    selection=Selection(files=split_files(data_dir, "train")),
+    data_dir=data_dir,
+    cache_dir=data_dir / ".cache",
+    tokenizer_path=tokenizer_dir,
+    max_length=max_length,
+    num_proc=num_proc,
+)
+print(json.dumps(ensure_cache(request).summary()), flush=True)

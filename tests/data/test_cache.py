@@ -1,0 +1,186 @@
+"""The cache: hit/miss matrix, no work on a hit, every token kept, crash leftovers, disk check."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import medkor.data.build as build
+from medkor.data.build import Selection
+from medkor.data.cache import CacheError, CacheRequest, check_manifest, ensure_cache, open_cache, resolve
+from medkor.data.fingerprint import FingerprintMemo, tokenizer_fingerprint
+from medkor.data.sources import split_files
+from tests.data.conftest import korean_docs, write_jsonl
+
+
+def _request(data_dir: Path, tokenizer_dir: Path, **kw) -> CacheRequest:
+    sel = {k: kw.pop(k) for k in ("max_samples", "val_fraction", "take_validation", "on_bad_record") if k in kw}
+    split = kw.pop("split", "train")
+    return CacheRequest(
+        split=split,
+        selection=Selection(files=split_files(data_dir, "train"), **sel),
+        data_dir=data_dir,
+        cache_dir=data_dir / ".cache",
+        tokenizer_path=str(tokenizer_dir),
+        max_length=kw.pop("max_length", 32),
+        num_proc=1,
+        **kw,
+    )
+
+
+def test_hit_miss_matrix(data_dir, tokenizer_dir, other_tokenizer_dir):
+    first = ensure_cache(_request(data_dir, tokenizer_dir))
+    assert first.status == "built" and first.rows > 0
+    assert ensure_cache(_request(data_dir, tokenizer_dir)).status == "hit"
+    keys = {first.key}
+
+    def expect_built(**kw):
+        result = ensure_cache(_request(data_dir, kw.pop("tok", tokenizer_dir), **kw))
+        assert result.status == "built", kw
+        assert result.key not in keys
+        keys.add(result.key)
+        assert ensure_cache(_request(data_dir, tokenizer_dir if "tok" not in kw else kw["tok"], **kw)).status == "hit"
+
+    expect_built(tok=other_tokenizer_dir)
+    expect_built(max_length=48)
+    expect_built(max_samples=10)
+    expect_built(packing=False)
+    train = data_dir / "train.jsonl"
+    with open(train, "a", encoding="utf-8") as handle:  # appended line
+        handle.write(json.dumps({"text": "새 문서가 추가되었다."}, ensure_ascii=False) + "\n")
+    expect_built()
+    lines = train.read_text(encoding="utf-8").splitlines()
+    lines[5] = lines[5].replace("증례", "환자")  # edited line, same length
+    size = train.stat().st_size
+    train.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert train.stat().st_size == size
+    expect_built()
+
+
+def test_tokenizer_key_is_content_not_path(tokenizer_dir, tmp_path):
+    copy = shutil.copytree(tokenizer_dir, tmp_path / "elsewhere")
+    from transformers import AutoTokenizer
+
+    a = tokenizer_fingerprint(str(tokenizer_dir), FingerprintMemo(None), lambda: AutoTokenizer.from_pretrained(tokenizer_dir))
+    b = tokenizer_fingerprint(str(copy), FingerprintMemo(None), lambda: AutoTokenizer.from_pretrained(copy))
+    assert a == b
+
+
+def test_hit_parses_no_jsonl_and_runs_no_tokenizer(data_dir, tokenizer_dir, monkeypatch):
+    ensure_cache(_request(data_dir, tokenizer_dir))
+    # the files were written a moment ago; in real use they are older than the window
+    # in which a hash is not trusted to be remembered
+    monkeypatch.setattr("medkor.data.fingerprint._RACY_NS", 0)
+    ensure_cache(_request(data_dir, tokenizer_dir))  # remembers the content hashes
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("work done on a cache hit")
+
+    import transformers
+
+    monkeypatch.setattr(build, "read_texts", forbidden)
+    monkeypatch.setattr(build, "build_split", forbidden)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", forbidden)
+    monkeypatch.setattr("medkor.data.fingerprint.hash_bytes_of", forbidden)
+    assert ensure_cache(_request(data_dir, tokenizer_dir)).status == "hit"
+    rows, manifest = open_cache(_request(data_dir, tokenizer_dir))
+    assert len(rows) == manifest["rows"]
+
+
+def test_every_token_accounted_for(data_dir, tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    result = ensure_cache(_request(data_dir, tokenizer_dir, max_length=40))
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    texts = [json.loads(line)["text"] for line in (data_dir / "train.jsonl").read_text().splitlines()]
+    expected = np.concatenate(
+        [[tok.bos_token_id] + tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in texts]
+    )
+    rows, manifest = open_cache(_request(data_dir, tokenizer_dir, max_length=40))
+    got = np.concatenate([rows[i][0] for i in range(len(rows))])
+    assert np.array_equal(got, expected)
+    assert manifest["tokens"] == result.tokens == len(expected)
+    assert manifest["documents"] == len(texts) == sum(len(rows[i][1]) for i in range(len(rows)))
+    assert all(len(rows[i][0]) == 40 for i in range(len(rows) - 1))
+
+
+def test_val_fraction_split_is_deterministic_and_disjoint(data_dir, tokenizer_dir):
+    (data_dir / "validation.jsonl").unlink()
+    train = ensure_cache(_request(data_dir, tokenizer_dir, val_fraction=0.3))
+    val = ensure_cache(_request(data_dir, tokenizer_dir, val_fraction=0.3, take_validation=True, split="validation"))
+    assert train.manifest["documents"] + val.manifest["documents"] == 60
+    assert 5 <= val.manifest["documents"] <= 35
+    assert ensure_cache(_request(data_dir, tokenizer_dir, val_fraction=0.3)).status == "hit"
+
+
+def test_leftover_temp_folder_is_never_a_cache_and_gets_swept(data_dir, tokenizer_dir):
+    built = ensure_cache(_request(data_dir, tokenizer_dir))
+    # what a build killed after writing its manifest but before the rename leaves behind
+    leftover = built.path.with_name(f".tmp-{built.path.name}-host-1-abcd")
+    shutil.copytree(built.path, leftover)
+    shutil.rmtree(built.path)
+    again = ensure_cache(_request(data_dir, tokenizer_dir))
+    assert again.status == "built" and not leftover.exists()
+    assert check_manifest(again.path, again.key) is None
+
+
+def test_damaged_cache_is_rebuilt(data_dir, tokenizer_dir):
+    built = ensure_cache(_request(data_dir, tokenizer_dir))
+    with open(built.path / "rows.arrow", "ab") as handle:
+        handle.write(b"junk")
+    with pytest.raises(CacheError, match="manifest says"):
+        open_cache(_request(data_dir, tokenizer_dir))
+    assert ensure_cache(_request(data_dir, tokenizer_dir)).status == "built"
+    assert ensure_cache(_request(data_dir, tokenizer_dir, overwrite=True)).status == "built"
+    assert not [p for p in (data_dir / ".cache").iterdir() if p.name.startswith(".trash")]
+
+
+def test_missing_cache_in_setup_says_why(data_dir, tokenizer_dir):
+    ensure_cache(_request(data_dir, tokenizer_dir))
+    with pytest.raises(CacheError, match=r"max_length 32 -> 64.*medkor prepare"):
+        open_cache(_request(data_dir, tokenizer_dir, max_length=64))
+
+
+def test_disk_space_checked_before_build(data_dir, tokenizer_dir, monkeypatch):
+    import medkor.data.cache as cache
+
+    monkeypatch.setattr(cache.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 1000))
+    with pytest.raises(CacheError, match="needs about .* GiB free"):
+        ensure_cache(_request(data_dir, tokenizer_dir))
+    assert not [p for p in (data_dir / ".cache").iterdir() if p.is_dir()]
+
+
+def test_bad_record_publishes_nothing_and_skip_counts(data_dir, tokenizer_dir):
+    write_jsonl(data_dir / "train.jsonl", korean_docs(5))
+    with open(data_dir / "train.jsonl", "a") as handle:
+        handle.write('{"text": 3}\n{broken\n')
+    with pytest.raises(ValueError, match=r"train.jsonl:6: field 'text' is int"):
+        ensure_cache(_request(data_dir, tokenizer_dir))
+    assert not [p for p in (data_dir / ".cache").iterdir() if p.is_dir()]
+    result = ensure_cache(_request(data_dir, tokenizer_dir, on_bad_record="skip"))
+    assert result.manifest["skipped"] == 2 and result.manifest["documents"] == 5
+
+
+def test_fresh_file_hash_is_not_remembered_old_one_is(tmp_path):
+    from medkor.data.fingerprint import file_fingerprints
+
+    path = write_jsonl(tmp_path / "train.jsonl", korean_docs(3))
+    memo = FingerprintMemo(tmp_path)
+    file_fingerprints([path], tmp_path, memo)
+    assert memo.entries == {}  # changed within the racy window: a same-tick edit could hide
+    old = time.time_ns() - 10**10
+    memo.put("x", [[0, 0, 1, old, old]], "h", time.time_ns())
+    assert memo.get("x", [[0, 0, 1, old, old]]) == "h"
+    assert memo.get("x", [[0, 0, 1, old, old + 1]]) is None  # any write moves ctime
+
+
+def test_resolve_is_stable(data_dir, tokenizer_dir):
+    _, a, _ = resolve(_request(data_dir, tokenizer_dir))
+    _, b, _ = resolve(_request(data_dir, tokenizer_dir))
+    assert a == b

@@ -1,0 +1,58 @@
+"""`medkor prepare` and `medkor cache ls|verify|rm`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from medkor.commands import cache as cache_cmd
+from medkor.commands import prepare as prepare_cmd
+
+DEMO = Path(__file__).resolve().parents[2] / "medkor" / "assets" / "demo" / "tiny-gemma3"
+
+
+def _config(tmp_path, data_dir, tokenizer_dir) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({
+        "model": {"model_name_or_path": str(DEMO), "tokenizer_path": str(tokenizer_dir)},
+        "data": {"data_dir": str(data_dir), "max_length": 32, "num_proc": 1},
+    }))
+    return path
+
+
+def test_prepare_prints_one_json_line_per_split(tmp_path, data_dir, tokenizer_dir, capsys):
+    config = _config(tmp_path, data_dir, tokenizer_dir)
+    assert prepare_cmd.main(["--config", str(config)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["split"], r["status"]) for r in lines] == [("train", "built"), ("validation", "built")]
+    assert set(lines[0]) == {"split", "status", "path", "key", "rows", "tokens", "seconds"}
+    assert prepare_cmd.main(["--config", str(config), "--data.max_length", "32"]) == 0
+    assert [json.loads(x)["status"] for x in capsys.readouterr().out.splitlines()] == ["hit", "hit"]
+    (data_dir / "train.jsonl").write_text('{"text": "좋음"}\n{"text": 1}\n')
+    assert prepare_cmd.main(["--config", str(config)]) == 1
+    assert "train.jsonl:2:" in capsys.readouterr().err
+
+
+def test_cache_ls_verify_rm(tmp_path, data_dir, tokenizer_dir, capsys):
+    config = _config(tmp_path, data_dir, tokenizer_dir)
+    prepare_cmd.main(["--config", str(config)])
+    cache_dir = data_dir / ".cache"
+    capsys.readouterr()
+    assert cache_cmd.main(["ls", str(cache_dir), "--json"]) == 0
+    entries = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {e["split"] for e in entries} == {"train", "validation"}
+    assert all(e["state"] == "ok" and e["rows"] > 0 and e["params"]["max_length"] == 32 for e in entries)
+    assert cache_cmd.main(["verify", str(cache_dir)]) == 0
+    train = next(Path(e["path"]) for e in entries if e["split"] == "train")
+    rows = train / "rows.arrow"
+    data = bytearray(rows.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, different content: only the full verify sees it
+    rows.write_bytes(bytes(data))
+    assert cache_cmd.main(["verify", str(cache_dir)]) == 1
+    assert "content hash" in capsys.readouterr().out
+    (cache_dir / ".tmp-train-0123-host-1-ab").mkdir()  # leftover of a killed build
+    assert cache_cmd.main(["rm", str(cache_dir), "train"]) == 0
+    names = sorted(p.name for p in cache_dir.iterdir() if p.is_dir())
+    assert len(names) == 1 and names[0].startswith("validation-")
