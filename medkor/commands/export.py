@@ -1,0 +1,89 @@
+"""`medkor export --config FILE [--ckpt_path PATH] --out DIR`: write a Hugging Face folder.
+
+Builds the model exactly as `medkor fit` would from the same config files and
+`--section.key value` overrides (checkpoint loaded, embeddings grown to the extended
+tokenizer), loads a Lightning checkpoint if one is given, merges LoRA adapters and
+saves safetensors, config and the tokenizer. Without `--ckpt_path` the freshly
+extended model is written, so the extended base is prepared once and reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+USAGE = "medkor export --config FILE [--ckpt_path PATH] --out DIR [--dtype DTYPE] [--model.KEY VALUE ...]"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medkor export",
+        usage=USAGE,
+        description="Write a Hugging Face folder (safetensors, config, tokenizer) from a run config and an "
+        "optional Lightning checkpoint; LoRA adapters are merged. Other options (`--model.*`, ...) are "
+        "passed to the config parser exactly as `medkor fit` takes them.",
+    )
+    parser.add_argument("--config", action="append", default=[], help="run config YAML (repeatable, as for fit)")
+    parser.add_argument("--ckpt_path", default=None, help="Lightning checkpoint to load (full or trainable-only)")
+    parser.add_argument("--out", required=True, help="folder to write; created if missing")
+    parser.add_argument(
+        "--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+        help="weight dtype of the export (default: the dtype the model trains in)",
+    )
+    return parser
+
+
+def model_args(config: Any) -> dict[str, Any]:
+    """Constructor arguments of MedGemmaModule from a parsed run config."""
+    model = config.model
+    model = model.as_dict() if hasattr(model, "as_dict") else dict(model)
+    return model.get("init_args", model)  # subclass mode nests the arguments
+
+
+def load_checkpoint(module: Any, path: str) -> None:
+    """Load a Lightning checkpoint into `module` with the module's own strictness rules."""
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises pickle, zip and EOF errors alike for a bad file
+        raise ValueError(f"{path}: cannot read the checkpoint ({type(err).__name__}: {err})") from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict'); pass a .ckpt from `medkor fit`")
+    module.on_load_checkpoint(checkpoint)
+    module.load_state_dict(checkpoint["state_dict"], strict=module.strict_loading)
+
+
+def main(argv: list[str]) -> int:
+    args, rest = _parser().parse_known_args(argv)
+    if not args.config and not any(a.startswith("--model.") for a in rest):
+        print(f"usage: {USAGE}\nmedkor export: error: --config is required", file=sys.stderr)
+        return 2
+    import torch
+
+    from medkor.cli import parse_run_config
+    from medkor.model import MedGemmaModule
+    from medkor.model.export import export_folder
+
+    config = parse_run_config([x for c in args.config for x in ("--config", c)] + rest)
+    kwargs = model_args(config)
+    try:
+        module = MedGemmaModule(**kwargs)
+        if args.ckpt_path:
+            load_checkpoint(module, args.ckpt_path)
+        dtype: Optional[torch.dtype] = getattr(torch, args.dtype) if args.dtype else None
+        source = Path(kwargs["model_name_or_path"])
+        out = export_folder(module.model, module.tokenizer, args.out, dtype=dtype,
+                            processor_source=source if source.is_dir() else None)
+    except (OSError, ValueError, RuntimeError) as err:
+        print(f"medkor export: error: {err}", file=sys.stderr)
+        return 1
+    print(f"medkor export: wrote {out} ({module.embedding_plan.rows_after} embedding rows, "
+          f"{len(module.tokenizer)} tokens)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

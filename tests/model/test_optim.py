@@ -1,0 +1,52 @@
+"""Parameter groups and the warmup + cosine schedule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from medkor.model.optim import build_optimizer, build_scheduler, lr_factor, param_groups, warmup_steps_for
+
+
+def test_schedule_warms_up_then_decays_to_min():
+    values = [lr_factor(s, warmup=4, total=20, min_ratio=0.1) for s in range(25)]
+    assert values[0] == pytest.approx(1 / 5) and values[3] == pytest.approx(4 / 5)
+    assert values[4] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(values[4:], values[5:]))
+    assert values[12] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert values[20] == pytest.approx(0.1) and values[24] == pytest.approx(0.1)
+
+
+def test_warmup_ratio_overrides_steps():
+    assert warmup_steps_for(1000, warmup_steps=7) == 7
+    assert warmup_steps_for(1000, warmup_steps=7, warmup_ratio=0.05) == 50
+    with pytest.raises(ValueError, match="warmup_ratio"):
+        warmup_steps_for(1000, warmup_ratio=1.5)
+
+
+def test_groups_and_scheduler_scale_each_group():
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    emb = model[0].weight
+    groups = param_groups(model, learning_rate=1e-3, weight_decay=0.1, embedding_params=[emb],
+                          embedding_learning_rate=1e-2)
+    by_name = {g["name"]: g for g in groups}
+    assert by_name["decay"]["params"] == [model[1].weight] and by_name["decay"]["weight_decay"] == 0.1
+    assert len(by_name["no_decay"]["params"]) == 3 and by_name["no_decay"]["weight_decay"] == 0.0
+    assert by_name["embeddings"]["lr"] == 1e-2 and by_name["embeddings"]["weight_decay"] == 0.1
+    optimizer = build_optimizer(groups)
+    scheduler = build_scheduler(optimizer, total_steps=10, warmup=0, learning_rate=1e-3, min_learning_rate=1e-4)
+    for _ in range(10):
+        optimizer.step()
+        scheduler.step()
+    lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    assert lrs["decay"] == pytest.approx(1e-4) and lrs["embeddings"] == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="min_learning_rate"):
+        build_scheduler(optimizer, total_steps=10, warmup=0, learning_rate=1e-3, min_learning_rate=1e-2)
+
+
+def test_nothing_to_train_is_an_error():
+    model = torch.nn.Linear(2, 2).requires_grad_(False)
+    with pytest.raises(ValueError, match="nothing to train"):
+        param_groups(model, learning_rate=1e-3, weight_decay=0.0)
