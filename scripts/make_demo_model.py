@@ -93,7 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", type=Path, default=DEMO / "data" / "train.jsonl")
     parser.add_argument("--out", type=Path, default=DEMO / "tiny-gemma3")
-    parser.add_argument("--vocab_size", type=int, default=4000, help="base tokenizer entries")
+    parser.add_argument("--vocab_size", type=int, default=1600, help="base tokenizer entries (small, so the Korean extension matters)")
     parser.add_argument("--seed", type=int, default=1234)
     args = parser.parse_args()
 
