@@ -1,0 +1,5 @@
+"""Lightning callbacks of medkor."""
+
+from medkor.callbacks.kormedmcqa import KorMedMCQAEval
+
+__all__ = ["KorMedMCQAEval"]

@@ -1,0 +1,209 @@
+"""``KorMedMCQAEval``: the Lightning edge of :mod:`medkor.eval` (when to evaluate, sync, log, write)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+
+from medkor.eval.distributed import gather_objects, max_over_ranks, sync_counts
+from medkor.eval.kormedmcqa import EvalSettings, KorMedMCQAEvaluator, Scoring
+from medkor.eval.predictions import (
+    METRIC_PREFIX,
+    accuracy_metrics,
+    count_correct,
+    evaluation_entry,
+    predictions_filename,
+    sort_records,
+    write_predictions,
+    write_summary,
+)
+from medkor.eval.prompts import PromptStyle
+from medkor.eval.questions import HUB_ID
+
+
+class KorMedMCQAEval(Callback):
+    """KorMedMCQA accuracy: a baseline before the first optimizer step, then after every epoch.
+
+    Uses ``pl_module.model`` (a Hugging Face causal LM, possibly peft-wrapped) and
+    ``pl_module.tokenizer``. Logs ``kormedmcqa/acc``, ``kormedmcqa/<subset>/acc`` and
+    ``kormedmcqa/seconds``; writes ``<run>/kormedmcqa/<stage>-epoch<E>-step<S>.jsonl`` (one object
+    per question) and ``<run>/kormedmcqa/summary.json`` (see ``docs/kormedmcqa.md``).
+
+    Args:
+        source: Hub id (``sean0042/KorMedMCQA``) or a local folder ``DIR/<subset>/<split>.jsonl``
+            (or ``.csv``/``.parquet``), or one file with a ``subject`` column or a subset in its name.
+            Answers may be 1-5 or A-E.
+        subsets: Subsets to evaluate (default: doctor, nurse, pharm, dentist).
+        split: Split to evaluate.
+        max_samples: Keep only the first N questions of each subset (default: all).
+        num_fewshot: Worked examples from the ``fewshot`` split before each question.
+        prompt: ``harness`` (the lm-evaluation-harness prompt) or ``chat`` (the same text in the
+            tokenizer's chat template).
+        scoring: ``logprob`` (log-probability of each option letter as the next token, one
+            forward pass per batch) or ``generate`` (greedy generation with the harness's stop
+            strings and answer extraction; slow, for comparison with published numbers).
+        batch_size: Questions per forward pass (or per generate call).
+        run_baseline: Evaluate once before the first optimizer step (logged at that step, 0 for
+            a fresh run).
+        rerun_baseline_on_resume: Evaluate the baseline again when resuming from a checkpoint
+            that already holds one (default: keep the stored baseline and log it again).
+        every_n_epochs: Evaluate after every N training epochs (0: never).
+        every_n_steps: Also evaluate every N optimizer steps (default: never).
+        max_new_tokens: Generation budget per question (``generate`` only).
+        run_on_validate: Evaluate in ``medkor validate``.
+        run_on_test: Evaluate in ``medkor test``.
+        write_predictions: Write the predictions file of every evaluation.
+    """
+
+    def __init__(
+        self,
+        source: str = HUB_ID,
+        subsets: Optional[list[str]] = None,
+        split: str = "test",
+        max_samples: Optional[int] = None,
+        num_fewshot: int = 0,
+        prompt: PromptStyle = "harness",
+        scoring: Scoring = "logprob",
+        batch_size: int = 16,
+        run_baseline: bool = True,
+        rerun_baseline_on_resume: bool = False,
+        every_n_epochs: int = 1,
+        every_n_steps: Optional[int] = None,
+        max_new_tokens: int = 1024,
+        run_on_validate: bool = True,
+        run_on_test: bool = True,
+        write_predictions: bool = True,
+    ) -> None:
+        if every_n_epochs < 0 or (every_n_steps is not None and every_n_steps < 1):
+            raise ValueError("every_n_epochs must be >= 0 and every_n_steps None or >= 1")
+        self.settings = EvalSettings(
+            source=str(source),
+            subsets=list(subsets) if subsets is not None else None,
+            split=split,
+            max_samples=max_samples,
+            num_fewshot=num_fewshot,
+            prompt=prompt,
+            scoring=scoring,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+        )
+        self.evaluator = KorMedMCQAEvaluator(self.settings)
+        self.run_baseline = run_baseline
+        self.rerun_baseline_on_resume = rerun_baseline_on_resume
+        self.every_n_epochs = every_n_epochs
+        self.every_n_steps = every_n_steps
+        self.run_on_validate = run_on_validate
+        self.run_on_test = run_on_test
+        self.write_predictions = write_predictions
+        self.baseline: Optional[dict[str, Any]] = None
+        self.evaluations: list[dict[str, Any]] = []
+        self._last_fit_step: Optional[int] = None
+
+    # ---- checkpoint state: the baseline and history survive a resume
+    def state_dict(self) -> dict[str, Any]:
+        return {"baseline": self.baseline, "evaluations": list(self.evaluations)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.baseline = state_dict.get("baseline")
+        self.evaluations = list(state_dict.get("evaluations", []))
+
+    # ---- hooks
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # on_train_start (not on_fit_start): every strategy has restored this callback's state
+        # and the global step by now, and no optimizer step has run yet.
+        if not self.run_baseline:
+            return
+        if self.baseline is not None and not self.rerun_baseline_on_resume:
+            self._log_direct(trainer, self._entry_metrics(self.baseline), self.baseline["step"])
+            return
+        self._evaluate(trainer, pl_module, "baseline")
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        # with gradient accumulation several batches end on the same step: evaluate once
+        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and step != self._last_fit_step:
+            self._evaluate(trainer, pl_module, "fit")
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        due = self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        if due and trainer.global_step != self._last_fit_step:
+            self._evaluate(trainer, pl_module, "fit")
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.run_on_validate and trainer.state.fn == "validate" and not trainer.sanity_checking:
+            self._evaluate(trainer, pl_module, "validate")
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.run_on_test and trainer.state.fn == "test":
+            self._evaluate(trainer, pl_module, "test")
+
+    # ---- one evaluation
+    def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> dict[str, Any]:
+        model, tokenizer = _model_and_tokenizer(pl_module)
+        run_dir = Path(trainer.log_dir or trainer.default_root_dir) / METRIC_PREFIX  # collective: all ranks
+        start = time.perf_counter()
+        records = self.evaluator.evaluate(
+            model,
+            tokenizer,
+            rank=trainer.global_rank,
+            world_size=trainer.world_size,
+            forward_context=trainer.precision_plugin.forward_context,
+        )
+        subsets = self.evaluator.subsets
+        counts = sync_counts(count_correct(records, subsets), device=pl_module.device)
+        gathered = gather_objects(records) if self.write_predictions else []
+        seconds = max_over_ranks(time.perf_counter() - start, device=pl_module.device)
+
+        epoch, step = trainer.current_epoch, trainer.global_step
+        name = predictions_filename(stage, epoch, step) if self.write_predictions else None
+        entry = evaluation_entry(stage, epoch, step, counts, seconds, name)
+        if stage == "baseline":
+            self.baseline = entry
+        else:
+            self.evaluations.append(entry)
+        if stage in ("baseline", "fit"):
+            self._last_fit_step = step
+        if trainer.is_global_zero:
+            if name is not None:
+                write_predictions(run_dir / name, sort_records(gathered, subsets))
+            settings = {**self.settings.as_dict(), "subsets": subsets}
+            write_summary(run_dir / "summary.json", settings, self.baseline, self.evaluations)
+
+        metrics = self._entry_metrics(entry)
+        if stage in ("validate", "test"):
+            # inside the evaluation loop self.log is allowed: the values join the returned results
+            for key, value in metrics.items():
+                pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False)
+        else:
+            # baseline/steps: Lightning forbids self.log before training, and per-step logging would
+            # be thinned by log_every_n_steps; the values are already global, so rank 0 writes them.
+            self._log_direct(trainer, metrics, step)
+        return entry
+
+    @staticmethod
+    def _entry_metrics(entry: dict[str, Any]) -> dict[str, float]:
+        counts = {subset: (v["correct"], v["total"]) for subset, v in entry["subsets"].items()}
+        return {**accuracy_metrics(counts), f"{METRIC_PREFIX}/seconds": float(entry["seconds"])}
+
+    @staticmethod
+    def _log_direct(trainer: pl.Trainer, metrics: dict[str, float], step: int) -> None:
+        if not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+            logger.save()  # make the row visible now (CSVLogger buffers otherwise)
+
+
+def _model_and_tokenizer(pl_module: pl.LightningModule) -> tuple[Any, Any]:
+    model = getattr(pl_module, "model", None)
+    tokenizer = getattr(pl_module, "tokenizer", None)
+    if model is None or tokenizer is None:
+        raise AttributeError(
+            f"KorMedMCQAEval needs pl_module.model (a causal LM) and pl_module.tokenizer; "
+            f"{type(pl_module).__name__} has model={type(model).__name__}, tokenizer={type(tokenizer).__name__}"
+        )
+    return model, tokenizer

@@ -1,0 +1,164 @@
+"""Prediction records, accuracy, the per-evaluation predictions file and the run's summary JSON.
+
+Formats are documented in ``docs/kormedmcqa.md``. Files are written to a temporary name and
+renamed, so a reader (or a crash) never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+from medkor.eval.encoding import EncodedQuestion
+from medkor.eval.generation import extract_choice
+from medkor.eval.questions import LETTERS
+
+METRIC_PREFIX = "kormedmcqa"
+
+
+def _base_record(item: EncodedQuestion) -> dict[str, Any]:
+    q = item.question
+    return {"subset": q.subset, "index": q.index, "answer": q.answer}
+
+
+def logprob_records(encoded: Sequence[EncodedQuestion], scores: Sequence[Sequence[float]]) -> list[dict[str, Any]]:
+    """One record per question: ``pred`` is the letter of the highest log-probability (first on ties)."""
+    records = []
+    for item, row in zip(encoded, scores, strict=True):
+        best = max(range(len(LETTERS)), key=lambda k: (row[k], -k))
+        record = _base_record(item)
+        record.update(
+            pred=LETTERS[best],
+            correct=LETTERS[best] == item.question.answer,
+            logprobs=dict(zip(LETTERS, (float(x) for x in row))),
+            letter_ids=dict(zip(LETTERS, item.letter_ids)),
+            prompt=item.prompt,
+            prompt_ids=list(item.prompt_ids),
+        )
+        records.append(record)
+    return records
+
+
+def generate_records(encoded: Sequence[EncodedQuestion], texts: Sequence[str]) -> list[dict[str, Any]]:
+    """One record per question: ``pred`` extracted from the generation (``None`` when nothing matched)."""
+    records = []
+    for item, text in zip(encoded, texts, strict=True):
+        pred = extract_choice(text)
+        record = _base_record(item)
+        record.update(
+            pred=pred,
+            correct=pred == item.question.answer,
+            logprobs=None,
+            generation=text,
+            prompt=item.prompt,
+            prompt_ids=list(item.prompt_ids),
+        )
+        records.append(record)
+    return records
+
+
+def count_correct(records: Sequence[Mapping[str, Any]], subsets: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """``subset -> (correct, total)`` over the records (every subset present, zero if empty)."""
+    counts = {subset: [0, 0] for subset in subsets}
+    for record in records:
+        pair = counts[record["subset"]]
+        pair[0] += int(bool(record["correct"]))
+        pair[1] += 1
+    return {subset: (c, t) for subset, (c, t) in counts.items()}
+
+
+def accuracy_metrics(counts: Mapping[str, tuple[int, int]]) -> dict[str, float]:
+    """``kormedmcqa/acc`` (all questions, i.e. subsets weighted by size) and ``kormedmcqa/<subset>/acc``."""
+    correct = sum(c for c, _ in counts.values())
+    total = sum(t for _, t in counts.values())
+    metrics = {f"{METRIC_PREFIX}/acc": correct / total if total else float("nan")}
+    for subset, (c, t) in counts.items():
+        metrics[f"{METRIC_PREFIX}/{subset}/acc"] = c / t if t else float("nan")
+    return metrics
+
+
+def predictions_filename(stage: str, epoch: int, step: int) -> str:
+    """``<stage>-epoch<E>-step<S>.jsonl``; stage is ``baseline``, ``fit``, ``validate`` or ``test``."""
+    return f"{stage}-epoch{epoch:03d}-step{step:07d}.jsonl"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def sort_records(records: Sequence[Mapping[str, Any]], subsets: Sequence[str]) -> list[Mapping[str, Any]]:
+    """Records in subset order (as configured), then by index."""
+    rank = {subset: k for k, subset in enumerate(subsets)}
+    return sorted(records, key=lambda r: (rank.get(r["subset"], len(rank)), r["subset"], r["index"]))
+
+
+def write_predictions(path: str | Path, records: Sequence[Mapping[str, Any]]) -> Path:
+    """Write one JSON object per line (UTF-8, Korean kept readable)."""
+    path = Path(path)
+    _write_atomic(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+    return path
+
+
+def evaluation_entry(
+    stage: str,
+    epoch: int,
+    step: int,
+    counts: Mapping[str, tuple[int, int]],
+    seconds: float,
+    predictions: Optional[str],
+) -> dict[str, Any]:
+    """One evaluation as stored in the summary and the callback's checkpoint state."""
+    metrics = accuracy_metrics(counts)
+    return {
+        "stage": stage,
+        "epoch": epoch,
+        "step": step,
+        "acc": metrics[f"{METRIC_PREFIX}/acc"],
+        "subsets": {
+            subset: {"acc": metrics[f"{METRIC_PREFIX}/{subset}/acc"], "correct": c, "total": t}
+            for subset, (c, t) in counts.items()
+        },
+        "correct": sum(c for c, _ in counts.values()),
+        "total": sum(t for _, t in counts.values()),
+        "seconds": seconds,
+        "predictions": predictions,
+    }
+
+
+def with_change(entry: Mapping[str, Any], baseline: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+    """The entry plus ``change`` (accuracy minus the baseline's, overall and per subset)."""
+    out = dict(entry)
+    if baseline is None:
+        out["change"] = None
+        return out
+    per_subset = {
+        subset: value["acc"] - baseline["subsets"][subset]["acc"]
+        for subset, value in entry["subsets"].items()
+        if subset in baseline["subsets"]
+    }
+    out["change"] = {"acc": entry["acc"] - baseline["acc"], "subsets": per_subset}
+    return out
+
+
+def write_summary(
+    path: str | Path,
+    settings: Mapping[str, Any],
+    baseline: Optional[Mapping[str, Any]],
+    evaluations: Sequence[Mapping[str, Any]],
+) -> Path:
+    """Write the summary JSON: settings, baseline, every evaluation with its change since the baseline."""
+    evaluated = [with_change(entry, baseline) for entry in evaluations]
+    summary = {
+        "settings": dict(settings),
+        "baseline": dict(baseline) if baseline is not None else None,
+        "evaluations": evaluated,
+        "latest": evaluated[-1] if evaluated else None,
+    }
+    path = Path(path)
+    _write_atomic(path, json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
+    return path
