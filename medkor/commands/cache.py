@@ -63,7 +63,12 @@ def _rm(cache_dir: Path, names: list[str], older_than: float | None, everything:
         print("medkor cache rm: name caches, or give --older-than DAYS or --all (leftover build folders "
               "are removed in every case)", file=sys.stderr)
     busy = 0
-    for folder in select(cache_dir, names, older_than, everything):
+    chosen = select(cache_dir, names, older_than, everything)
+    unmatched = [n for n in names if not any(f.name.startswith(n) or (len(n) >= 6 and n in f.name) for f in chosen)]
+    for name in unmatched:
+        print(f"medkor cache rm: no cache in {cache_dir} matches {name!r} (see `medkor cache ls {cache_dir}`)",
+              file=sys.stderr)
+    for folder in chosen:
         if dry_run:
             print(f"would remove {folder}")
         elif remove_cache(folder):
@@ -71,11 +76,14 @@ def _rm(cache_dir: Path, names: list[str], older_than: float | None, everything:
         else:
             print(f"skipped {folder}: a build of this key is running", file=sys.stderr)
             busy += 1
-    return 1 if busy else 0
+    return 1 if busy or unmatched else 0
 
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    if args.action != "ls" and not args.cache_dir.is_dir():
+        print(f"medkor cache {args.action}: error: {args.cache_dir} is not a directory", file=sys.stderr)
+        return 2
     if args.action == "ls":
         return _ls(args.cache_dir, args.json)
     if args.action == "verify":

@@ -72,6 +72,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for part in ("corpus", "heldout"):
         if report[part]:
             summary[f"{part}_tokens_per_1k_chars"] = report[part]["tokens_per_1k_chars"]
+            summary[f"{part}_fewer_tokens_ratio"] = report[part]["fewer_tokens_ratio"]
+    summary["throughput_chars_per_second"] = report["throughput"]["chars_per_second"]
     print(json.dumps(summary, ensure_ascii=False, indent=2))
     print(f"wrote {cfg.out} ({STATS_FILE} has the details)")
     return 0

@@ -247,7 +247,10 @@ def _publish(tmp: Path, final: Path) -> bool:
     return True
 
 
-def _build(request: CacheRequest, inputs: dict[str, Any], key: str, final: Path, tokenizer: Any) -> dict[str, Any]:
+def _build(
+    request: CacheRequest, inputs: dict[str, Any], key: str, final: Path, tokenizer: Any
+) -> tuple[Path, dict[str, Any]]:
+    """Build into a temporary folder next to `final`; returns (folder, manifest), not yet published."""
     tmp = request.cache_dir / f"{TMP_PREFIX}{final.name}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     start = time.perf_counter()
@@ -291,9 +294,12 @@ def _build(request: CacheRequest, inputs: dict[str, Any], key: str, final: Path,
         _fsync_file(manifest_tmp)
         os.rename(manifest_tmp, tmp / MANIFEST)  # the manifest appears last, whole
         _fsync_dir(tmp)
-        if not _publish(tmp, final):
-            return read_manifest(final)
-        return manifest
+        if stats.skipped:
+            log.warning(
+                "%s: skipped %d bad records (on_bad_record: skip), e.g. %s",
+                request.split, stats.skipped, stats.skipped_examples[0],
+            )
+        return tmp, manifest
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -333,47 +339,110 @@ def resolve(request: CacheRequest, load_tokenizer: Optional[Callable[[], Any]] =
     return inputs, key, Path(request.cache_dir) / folder_name(request.split, key)
 
 
-def ensure_cache(request: CacheRequest, load_tokenizer: Optional[Callable[[], Any]] = None) -> CacheResult:
-    """Find the split's cache or build it (one builder per key; others wait, then load)."""
-    start = time.perf_counter()
-    request.cache_dir = Path(request.cache_dir)
-    request.cache_dir.mkdir(parents=True, exist_ok=True)
-    load = load_tokenizer or _Tokenizer(request.tokenizer_path)
-    inputs, key, final = resolve(request, load)
-    if not request.overwrite:
-        reason = check_manifest(final, key)
-        if reason is None:
-            log.info("cache hit for %s: %s", request.split, final)
-            return _hit(request, final, key, start)
-        if final.exists():
-            why = reason
-        else:
-            why = explain_miss(request.cache_dir, inputs)
-    else:
-        why = "overwrite_cache is set"
-    lock = FileLock(str(request.cache_dir / f"{final.name}.lock"))
+def _sweep_if_idle(cache_dir: Path, name: str) -> None:
+    """Remove a key's leftover build folders when no builder of that key is running."""
+    if not any(p.name.startswith((f"{TMP_PREFIX}{name}-", f"{TRASH_PREFIX}{name}-")) for p in cache_dir.iterdir()):
+        return
+    lock = FileLock(str(cache_dir / f"{name}.lock"))
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        log.info("cache for %s is being built by another process; waiting for %s", request.split, lock.lock_file)
-        lock.acquire()
+        return  # a live builder owns them
     try:
-        if not request.overwrite and check_manifest(final, key) is None:
-            log.info("cache hit for %s after waiting: %s", request.split, final)
-            return _hit(request, final, key, start)
-        for stale in sweep(request.cache_dir, final.name):
+        for stale in sweep(cache_dir, name):
             log.info("removed stale build folder %s", stale)
-        if final.exists() and not request.overwrite:
-            # a damaged folder at the published name: replace it like an overwrite
-            log.warning("replacing damaged cache %s (%s)", final, why)
-        log.info("cache miss for %s (%s); building %s", request.split, why, final)
-        _check_disk(request)
-        manifest = _build(request, inputs, key, final, load())
     finally:
         lock.release()
-    return CacheResult(
-        request.split, "built", final, key, manifest["rows"], manifest["tokens"], time.perf_counter() - start, manifest
-    )
+
+
+def ensure_cache(request: CacheRequest, load_tokenizer: Optional[Callable[[], Any]] = None) -> CacheResult:
+    """Find the split's cache or build it (one builder per key; others wait, then load)."""
+    return ensure_caches([request], load_tokenizer)[0]
+
+
+def ensure_caches(requests: list[CacheRequest], load_tokenizer: Optional[Callable[[], Any]] = None) -> list[CacheResult]:
+    """Find or build the caches of several splits, all or nothing.
+
+    Hits are served without a lock. The missing splits are built under their keys'
+    locks (taken in name order, so builders of overlapping sets cannot deadlock),
+    smallest input first so that bad data in a small split fails fast, and are
+    published only once every one of them built: bad input in any split leaves
+    nothing published.
+    """
+    start = time.perf_counter()
+    loaders: dict[str, Callable[[], Any]] = {}
+
+    def loader_of(request: CacheRequest) -> Callable[[], Any]:
+        if load_tokenizer is not None:
+            return load_tokenizer
+        return loaders.setdefault(request.tokenizer_path, _Tokenizer(request.tokenizer_path))
+
+    results: dict[int, CacheResult] = {}
+    misses: list[tuple[int, dict[str, Any], str, Path, str]] = []
+    for index, request in enumerate(requests):
+        request.cache_dir = Path(request.cache_dir)
+        request.cache_dir.mkdir(parents=True, exist_ok=True)
+        inputs, key, final = resolve(request, loader_of(request))
+        if not request.overwrite:
+            reason = check_manifest(final, key)
+            if reason is None:
+                log.info("cache hit for %s: %s", request.split, final)
+                _sweep_if_idle(request.cache_dir, final.name)
+                results[index] = _hit(request, final, key, start)
+                continue
+            why = reason if final.exists() else explain_miss(request.cache_dir, inputs)
+        else:
+            why = "overwrite_cache is set"
+        misses.append((index, inputs, key, final, why))
+    if not misses:
+        return [results[i] for i in range(len(requests))]
+
+    locks = []
+    built: list[tuple[int, Path, Path, dict[str, Any], float]] = []  # index, tmp, final, manifest, seconds
+    try:
+        for index, inputs, key, final, why in sorted(misses, key=lambda m: m[3].name):
+            lock = FileLock(str(requests[index].cache_dir / f"{final.name}.lock"))
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                log.info(
+                    "cache for %s is being built by another process; waiting for %s",
+                    requests[index].split, lock.lock_file,
+                )
+                lock.acquire()
+            locks.append(lock)
+        by_size = sorted(misses, key=lambda m: sum(Path(f).stat().st_size for f in requests[m[0]].selection.files))
+        for index, inputs, key, final, why in by_size:
+            request = requests[index]
+            if not request.overwrite and check_manifest(final, key) is None:
+                log.info("cache hit for %s after waiting: %s", request.split, final)
+                results[index] = _hit(request, final, key, start)
+                continue
+            for stale in sweep(request.cache_dir, final.name):
+                log.info("removed stale build folder %s", stale)
+            if final.exists() and not request.overwrite:
+                # a damaged folder at the published name: replace it like an overwrite
+                log.warning("replacing damaged cache %s (%s)", final, why)
+            log.info("cache miss for %s (%s); building %s", request.split, why, final)
+            _check_disk(request)
+            split_start = time.perf_counter()
+            tmp, manifest = _build(request, inputs, key, final, loader_of(request)())
+            built.append((index, tmp, final, manifest, time.perf_counter() - split_start))
+        # every split built: publish them all
+        while built:
+            index, tmp, final, manifest, seconds = built.pop(0)
+            request = requests[index]
+            if not _publish(tmp, final):
+                manifest = read_manifest(final)
+            results[index] = CacheResult(
+                request.split, "built", final, manifest["key"], manifest["rows"], manifest["tokens"], seconds, manifest
+            )
+    finally:
+        for _, tmp, _, _, _ in built:  # a later split failed: publish none of the finished ones
+            shutil.rmtree(tmp, ignore_errors=True)
+        for lock in reversed(locks):
+            lock.release()
+    return [results[i] for i in range(len(requests))]
 
 
 def open_cache(request: CacheRequest) -> tuple[RowsFile, dict[str, Any]]:

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from medkor.data.build import Selection
-from medkor.data.cache import CacheRequest, CacheResult, ensure_cache, open_cache
+from medkor.data.cache import CacheRequest, CacheResult, ensure_caches, open_cache
 from medkor.data.collate import Collator
 from medkor.data.rows import RowsFile
 from medkor.data.sources import OnBadRecord, require_train_files, split_files
@@ -143,8 +143,8 @@ class MedKorDataModule(pl.LightningDataModule):
         ]
 
     def prepare_caches(self) -> list[CacheResult]:
-        """Find or build every split's cache; returns what happened to each."""
-        return [ensure_cache(request) for request in self.cache_requests()]
+        """Find or build every split's cache (all or none published); returns what happened to each."""
+        return ensure_caches(self.cache_requests())
 
     def prepare_data(self) -> None:
         self.prepare_caches()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from pathlib import Path
@@ -12,6 +13,29 @@ from filelock import FileLock, Timeout
 from medkor.data.cache import MANIFEST, TMP_PREFIX, TRASH_PREFIX, check_manifest, read_manifest
 from medkor.data.fingerprint import hash_bytes_of
 from medkor.data.rows import ROWS_FILE, RowsFile
+
+
+# what medkor itself creates in a cache directory: <split>-<key20>, .tmp-<split>-<key20>-..., .trash-...
+_PUBLISHED = re.compile(r"^[A-Za-z0-9_.]+-[0-9a-f]{20}$")
+
+
+def is_cache_folder(folder: Path) -> bool:
+    """True for folders medkor made: a published cache or a build/trash leftover.
+
+    Anything else in the directory (a cache_dir shared with other tools) is never
+    listed as a cache, verified or removed.
+    """
+    name = folder.name
+    if name.startswith((TMP_PREFIX, TRASH_PREFIX)):
+        rest = name[len(TMP_PREFIX) if name.startswith(TMP_PREFIX) else len(TRASH_PREFIX):]
+        return bool(re.match(r"^[A-Za-z0-9_.]+-[0-9a-f]+(-|$)", rest))
+    return bool(_PUBLISHED.match(name))
+
+
+def _folders(cache_dir: Path) -> list[Path]:
+    if not Path(cache_dir).is_dir():
+        return []
+    return sorted(p for p in Path(cache_dir).iterdir() if p.is_dir() and is_cache_folder(p))
 
 
 def _size(folder: Path) -> int:
@@ -25,9 +49,7 @@ def _lock_of(folder: Path) -> FileLock:
 def list_caches(cache_dir: Path) -> list[dict[str, Any]]:
     """Every folder in `cache_dir`: published caches with their manifest facts, and leftovers."""
     out: list[dict[str, Any]] = []
-    if not Path(cache_dir).is_dir():
-        return out
-    for folder in sorted(p for p in Path(cache_dir).iterdir() if p.is_dir()):
+    for folder in _folders(cache_dir):
         entry: dict[str, Any] = {"name": folder.name, "path": str(folder), "bytes": _size(folder)}
         if folder.name.startswith(TMP_PREFIX):
             entry["state"] = "building or abandoned"
@@ -111,9 +133,10 @@ def select(cache_dir: Path, names: list[str], older_than_days: Optional[float], 
     """The folders `medkor cache rm` acts on: named ones (prefixes), old ones, leftovers."""
     chosen = []
     now = time.time()
-    for folder in sorted(p for p in Path(cache_dir).iterdir() if p.is_dir()) if Path(cache_dir).is_dir() else []:
+    for folder in _folders(cache_dir):
         leftover = folder.name.startswith((TMP_PREFIX, TRASH_PREFIX))
-        named = any(folder.name.startswith(n) or n in folder.name for n in names)
+        # a name matches as a prefix; a key fragment (6+ characters) anywhere in the name
+        named = any(folder.name.startswith(n) or (len(n) >= 6 and n in folder.name) for n in names)
         old = False
         if older_than_days is not None and (folder / MANIFEST).is_file():
             old = now - (folder / MANIFEST).stat().st_mtime > older_than_days * 86400

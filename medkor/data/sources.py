@@ -73,6 +73,15 @@ def _check_file(path: Path) -> None:
         raise DataError(f"{path}: file is empty; remove it or fill it with one JSON object per line")
 
 
+def _has_lone_surrogate(text: str) -> bool:
+    """True when JSON `\\u` escapes left a surrogate that no UTF-8 text can hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def read_texts(
     path: Path,
     text_field: str = "text",
@@ -114,6 +123,11 @@ def read_texts(
                         problem = f"field {text_field!r} is {type(record[text_field]).__name__}, not a string"
                     elif not record[text_field].strip():
                         problem = f"field {text_field!r} is empty"
+                    elif "\\u" in line and _has_lone_surrogate(record[text_field]):
+                        problem = (
+                            f"field {text_field!r} holds an unpaired surrogate escape (\\ud800-\\udfff), "
+                            "which is not text; fix the line's \\u escapes"
+                        )
             if problem is not None:
                 where = f"{path}:{number}: {problem}"
                 if on_bad_record == "error":

@@ -30,17 +30,27 @@ def read_documents(paths: Sequence[str | Path], text_field: str = "text") -> lis
         if not path.is_file():
             raise CorpusError(f"{path}: corpus file not found")
         jsonl = path.suffix.lower() in (".jsonl", ".json")
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
+        with path.open("rb") as handle:
+            for number, raw in enumerate(handle, 1):
+                line = _decode(raw, path, number)
                 if not line.strip():
                     continue
                 if not jsonl:
-                    docs.append(line.rstrip("\n"))
+                    docs.append(line.rstrip("\r\n"))
                     continue
                 docs.append(_jsonl_text(line, path, number, text_field))
     if not docs:
         raise CorpusError(f"no documents in {', '.join(map(str, paths))}: give non-empty corpus files")
     return docs
+
+
+def _decode(raw: bytes, path: Path, number: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CorpusError(
+            f"{path}:{number}: bytes that are not UTF-8 at column {err.start + 1}; re-encode the file as UTF-8"
+        ) from None
 
 
 def _jsonl_text(line: str, path: Path, number: int, text_field: str) -> str:
@@ -65,9 +75,9 @@ def read_terms(paths: Sequence[str | Path]) -> list[str]:
     for path in map(Path, paths):
         if not path.is_file():
             raise CorpusError(f"{path}: terms file not found")
-        with path.open(encoding="utf-8") as handle:
-            for line in handle:
-                for word in term_words(line):
+        with path.open("rb") as handle:
+            for number, raw in enumerate(handle, 1):
+                for word in term_words(_decode(raw, path, number)):
                     seen.setdefault(word, None)
     return list(seen)
 

@@ -184,3 +184,29 @@ def test_resolve_is_stable(data_dir, tokenizer_dir):
     _, a, _ = resolve(_request(data_dir, tokenizer_dir))
     _, b, _ = resolve(_request(data_dir, tokenizer_dir))
     assert a == b
+
+
+def test_hit_sweeps_leftovers_of_a_killed_build(data_dir, tokenizer_dir):
+    first = ensure_cache(_request(data_dir, tokenizer_dir))
+    leftover = first.path.parent / f".tmp-{first.path.name}-host-1-deadbeef"
+    leftover.mkdir()
+    (leftover / "rows.arrow").write_bytes(b"half a build")
+    again = ensure_cache(_request(data_dir, tokenizer_dir))
+    assert again.status == "hit" and not leftover.exists()
+
+
+def test_warm_load_does_not_import_pandas(data_dir, tokenizer_dir):
+    # pyarrow's to_numpy imports pandas (~0.4 s): that alone would break the 0.5 s warm start
+    import subprocess
+    import sys
+
+    result = ensure_cache(_request(data_dir, tokenizer_dir))
+    code = (
+        "import sys; from medkor.data.rows import RowsFile; r = RowsFile(sys.argv[1]); "
+        "ids, starts = r[len(r) - 1]; assert len(ids) > 0 and starts.dtype.name == 'int32'; "
+        "assert 'pandas' not in sys.modules, 'pandas imported'"
+    )
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", code, str(result.path / "rows.arrow")], cwd=root,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr

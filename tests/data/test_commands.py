@@ -56,3 +56,44 @@ def test_cache_ls_verify_rm(tmp_path, data_dir, tokenizer_dir, capsys):
     assert cache_cmd.main(["rm", str(cache_dir), "train"]) == 0
     names = sorted(p.name for p in cache_dir.iterdir() if p.is_dir())
     assert len(names) == 1 and names[0].startswith("validation-")
+
+
+def _published(cache_dir: Path) -> list[str]:
+    return sorted(p.name for p in cache_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) if cache_dir.is_dir() else []
+
+
+def test_bad_input_in_any_split_publishes_nothing(tmp_path, data_dir, tokenizer_dir, capsys):
+    # train is fine, validation is bad: the train cache must not be published either
+    (data_dir / "validation.jsonl").write_text('{"text": "좋음"}\n{"text": "깨진\n')
+    config = _config(tmp_path, data_dir, tokenizer_dir)
+    assert prepare_cmd.main(["--config", str(config)]) == 1
+    assert "validation.jsonl:2:" in capsys.readouterr().err
+    assert _published(data_dir / ".cache") == []
+    assert not any(p.name.startswith(".tmp-") for p in (data_dir / ".cache").iterdir())
+    # the other way round: a bad train file, a good validation file
+    (data_dir / "validation.jsonl").write_text('{"text": "좋음"}\n')
+    (data_dir / "train.jsonl").write_text('{"text": "좋음"}\n{"body": "x"}\n')
+    assert prepare_cmd.main(["--config", str(config)]) == 1
+    assert "train.jsonl:2:" in capsys.readouterr().err
+    assert _published(data_dir / ".cache") == []
+
+
+def test_cache_commands_never_touch_foreign_folders(tmp_path, data_dir, tokenizer_dir, capsys):
+    # a cache_dir shared with other tools (e.g. ~/.cache): their folders are not caches
+    cache_dir = data_dir / ".cache"
+    prepare_cmd.main(["--config", str(_config(tmp_path, data_dir, tokenizer_dir))])
+    (cache_dir / "huggingface" / "hub").mkdir(parents=True)
+    (cache_dir / "huggingface" / "hub" / "weights.bin").write_bytes(b"x")
+    capsys.readouterr()
+    assert cache_cmd.main(["ls", str(cache_dir), "--json"]) == 0
+    assert "huggingface" not in capsys.readouterr().out
+    assert cache_cmd.main(["verify", str(cache_dir)]) == 0
+    assert cache_cmd.main(["rm", str(cache_dir), "train"]) == 0
+    assert (cache_dir / "huggingface" / "hub" / "weights.bin").is_file()
+    assert [n.split("-")[0] for n in _published(cache_dir)] == ["huggingface", "validation"]
+    assert cache_cmd.main(["rm", str(cache_dir), "--all"]) == 0
+    assert _published(cache_dir) == ["huggingface"]
+    # a name that matches nothing is reported, a missing directory is an error
+    assert cache_cmd.main(["rm", str(cache_dir), "nosuchcache"]) == 1
+    assert "matches 'nosuchcache'" in capsys.readouterr().err
+    assert cache_cmd.main(["verify", str(tmp_path / "missing")]) == 2

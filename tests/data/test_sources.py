@@ -20,6 +20,8 @@ def _read(path, **kw):
         ('{"body": "본문"}', "missing field 'text'"),
         ('{"text": 42}', "is int, not a string"),
         ('{"text": "   "}', "is empty"),
+        # valid JSON, but an unpaired surrogate escape is no text (it failed later, deep in the build)
+        ('{"text": "a\\ud800b"}', "unpaired surrogate"),
     ],
 )
 def test_bad_line_names_file_and_line(tmp_path, line, expected):

@@ -3,6 +3,7 @@
 import json
 import random
 
+import pytest
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
@@ -67,6 +68,11 @@ def test_stats_file_reports_sources_compression_and_examples(extended):
     assert saved["heldout"]["documents"] == 120  # every 10th of 1,200
     assert saved["heldout"]["fewer_tokens_ratio"] > 1.1
     assert saved["examples"] and all(len(e["extended"]) <= len(e["base"]) for e in saved["examples"])
+    speed = saved["throughput"]  # the speed figure of the issue, measured on the same text
+    assert speed["characters"] > 0 and min(speed["chars_per_second"].values()) > 0
+    assert speed["extended_vs_base"] == pytest.approx(
+        speed["chars_per_second"]["extended"] / speed["chars_per_second"]["base"], rel=1e-3
+    )
 
 
 def test_command_writes_refuses_to_clobber_and_reports_bad_input(tmp_path, base_dir, corpus_file, capsys):
@@ -81,3 +87,5 @@ def test_command_writes_refuses_to_clobber_and_reports_bad_input(tmp_path, base_
     assert "train.jsonl:1: no field 'body'" in capsys.readouterr().err
     assert main(args + ["--overwrite", "--base", str(tmp_path / "nothing")]) == 2
     assert "cannot load a tokenizer from" in capsys.readouterr().err
+    assert main(args + ["--overwrite", "--num_new_tokens", "-5"]) == 2
+    assert "--num_new_tokens must be >= 0, got -5" in capsys.readouterr().err

@@ -30,3 +30,21 @@ def test_terms_and_heldout_split(tmp_path):
     kept, held = split_heldout([str(i) for i in range(10)], every=5)
     assert held == ["4", "9"] and len(kept) == 8
     assert split_heldout(["a", "b"], every=0) == (["a", "b"], [])
+
+
+def test_non_utf8_corpus_and_terms_name_file_and_line(tmp_path):
+    for name, line in (("legacy.txt", "{}\n"), ("legacy.jsonl", '{{"text": "{}"}}\n')):
+        path = tmp_path / name
+        path.write_bytes(line.format("첫 줄").encode() + line.format("둘째 줄").encode("euc-kr"))
+        with pytest.raises(CorpusError, match=rf"{name}:2: bytes that are not UTF-8 at column \d+; re-encode"):
+            read_documents([path])
+    terms = tmp_path / "terms.txt"
+    terms.write_bytes("당뇨병\n고혈압\n".encode() + "폐렴\n".encode("cp949"))
+    with pytest.raises(CorpusError, match=r"terms.txt:3: bytes that are not UTF-8"):
+        read_terms([terms])
+
+
+def test_crlf_text_corpus_keeps_no_carriage_return(tmp_path):
+    path = tmp_path / "windows.txt"
+    path.write_bytes("당뇨병은 흔하다.\r\n고혈압\r\n".encode())
+    assert read_documents([path]) == ["당뇨병은 흔하다.", "고혈압"]
