@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from medkor.data.build import Selection
@@ -41,7 +42,8 @@ class MedKorDataModule(pl.LightningDataModule):
 
     Args:
         data_dir: Folder with `train.jsonl` (or `train-*.jsonl`, `train/*.jsonl`) and
-            optionally `validation.jsonl` (same patterns), one JSON object per line.
+            optionally `validation.jsonl` and `test.jsonl` (same patterns), one JSON
+            object per line. Without a test file, `medkor test` uses the validation rows.
         tokenizer_path: Tokenizer folder or hub id; linked from `model.tokenizer_path`.
         format: Record format; `text` (continued pretraining on the `text_field` string).
         text_field: Field of each record that holds the document text.
@@ -114,7 +116,7 @@ class MedKorDataModule(pl.LightningDataModule):
         _ensure_log_handler()
 
     def cache_requests(self) -> list[CacheRequest]:
-        """One request per split: train, and validation from a file or carved from train."""
+        """One request per split: train, validation from a file or carved from train, test if given."""
         if not self.tokenizer_path:
             raise ValueError("data.tokenizer_path is not set (it is linked from model.tokenizer_path)")
         train = require_train_files(self.data_dir)
@@ -126,6 +128,9 @@ class MedKorDataModule(pl.LightningDataModule):
         elif self.val_fraction > 0:
             selections["train"] = Selection(files=train, val_fraction=self.val_fraction, **common)
             selections["validation"] = Selection(files=train, val_fraction=self.val_fraction, take_validation=True, **common)
+        test = split_files(self.data_dir, "test")
+        if test:
+            selections["test"] = Selection(files=test, **common)
         return [
             CacheRequest(
                 split=split,
@@ -174,3 +179,10 @@ class MedKorDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> Any:
         return self._loader("validation", shuffle=False) if "validation" in self.datasets else []
+
+    def test_dataloader(self) -> Any:
+        if "test" in self.datasets:
+            return self._loader("test", shuffle=False)
+        if "validation" in self.datasets:
+            rank_zero_info(f"[medkor] no test*.jsonl in {self.data_dir}: testing on the validation split")
+        return self.val_dataloader()

@@ -48,3 +48,21 @@ def test_bad_options_and_missing_data(tmp_path, tokenizer_dir):
         MedKorDataModule(data_dir=str(tmp_path), tokenizer_path=str(tokenizer_dir)).prepare_data()
     with pytest.raises(ValueError, match="tokenizer_path is not set"):
         MedKorDataModule(data_dir=str(tmp_path)).prepare_data()
+
+
+def test_test_split_from_its_file_or_else_validation(data_dir, tokenizer_dir):
+    def tokens(loader) -> int:
+        return sum(int(b["attention_mask"].sum()) for b in loader)
+
+    dm = MedKorDataModule(data_dir=str(data_dir), tokenizer_path=str(tokenizer_dir), max_length=32)
+    dm.prepare_data()
+    dm.setup("test")
+    assert tokens(dm.test_dataloader()) == tokens(dm.val_dataloader())  # no test file: validation rows
+
+    lines = (data_dir / "validation.jsonl").read_text(encoding="utf-8").splitlines()[:3]
+    (data_dir / "test.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    dm = MedKorDataModule(data_dir=str(data_dir), tokenizer_path=str(tokenizer_dir), max_length=32)
+    results = {r.split: r for r in dm.prepare_caches()}
+    assert set(results) == {"train", "validation", "test"} and results["test"].manifest["documents"] == 3
+    dm.setup("test")
+    assert tokens(dm.test_dataloader()) == results["test"].tokens < tokens(dm.val_dataloader())
