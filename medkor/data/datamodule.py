@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
@@ -21,6 +20,7 @@ from medkor.data.build import Selection
 from medkor.data.cache import CacheRequest, CacheResult, ensure_caches, open_cache
 from medkor.data.collate import Collator
 from medkor.data.rows import RowsFile
+from medkor.data.sampler import EpochShuffleSampler
 from medkor.data.sources import OnBadRecord, require_train_files, split_files
 
 FORMATS = ("text",)
@@ -163,12 +163,11 @@ class MedKorDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.datasets:
             raise RuntimeError(f"no {split!r} rows loaded; call setup() first")
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        rows = self.datasets[split]
         return DataLoader(
-            self.datasets[split],
+            rows,
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator,
+            sampler=EpochShuffleSampler(len(rows), self.seed) if shuffle else None,
             collate_fn=Collator(self.pad_token_id),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
