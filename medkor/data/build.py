@@ -7,20 +7,23 @@ knows nothing about keys, locks or publishing.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
 import xxhash
+from tqdm.auto import tqdm
 
 from medkor.data.packing import Packer
 from medkor.data.rows import ROWS_FILE, write_rows
 from medkor.data.sources import OnBadRecord, ReadStats, read_texts
 
 TEXT_BATCH = 4096  # texts per Arrow batch while staging the corpus
-TOKENIZE_BATCH = 1000  # texts per tokenizer call inside `datasets.map`
+TOKENIZE_BATCH = 1000  # texts per tokenizer call
 
 
 @dataclass
@@ -100,6 +103,40 @@ class Encoder:
         return {"input_ids": [bos + e.ids + eos for e in encodings]}
 
 
+def with_bos_eos(ids: list[list[int]], bos: int, eos: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flat int32 tokens of `<bos> ids <eos>` per document, and each document's length."""
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)) + 2
+    ends = np.cumsum(lengths)
+    values = np.empty(int(ends[-1]) if len(ends) else 0, dtype=np.int32)
+    body = np.ones(len(values), dtype=bool)
+    body[ends - lengths] = False
+    body[ends - 1] = False
+    values[~body] = np.tile(np.array([bos, eos], dtype=np.int32), len(ids))
+    values[body] = np.fromiter(chain.from_iterable(ids), dtype=np.int32, count=int(body.sum()))
+    return values, lengths
+
+
+def encode_stream(texts: Iterator[str], backend: Any, bos: int, eos: int, progress: Any) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Tokenize batches as they are read, in this process, with no intermediate copy.
+
+    The Rust tokenizer spreads each batch over all cores and releases the GIL, so the
+    next batch is parsed from JSONL, and the last one turned into arrays, meanwhile.
+    """
+    def read() -> list[str]:
+        return list(islice(texts, TOKENIZE_BATCH))
+
+    with ThreadPoolExecutor(1, thread_name_prefix="medkor-tokenize") as pool:
+        batch = read()
+        pending = pool.submit(backend.encode_batch_fast, batch, add_special_tokens=False) if batch else None
+        while pending is not None:
+            size = len(batch)
+            batch = read()
+            encodings = pending.result()
+            pending = pool.submit(backend.encode_batch_fast, batch, add_special_tokens=False) if batch else None
+            yield with_bos_eos([e.ids for e in encodings], bos, eos)
+            progress.update(size)
+
+
 def special_ids(tokenizer: Any) -> tuple[int, int, int]:
     """(bos, eos, pad) ids; pad falls back to eos. A tokenizer without BOS or EOS cannot pack."""
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
@@ -123,24 +160,58 @@ def build_split(
     fingerprint: str,
 ) -> BuildStats:
     """Tokenize and pack one split into `folder/rows.arrow`; intermediate files are removed."""
-    from datasets import Dataset, Features, Sequence, Value
-
     bos, eos, _ = special_ids(tokenizer)
     read = ReadStats()
+    stats = BuildStats()
+    packer = Packer(max_length, packing)
+    expected = 0
+    if (num_proc or 1) > 1:
+        encoded = _encode_in_processes(selection, tokenizer, read, folder, bos, eos, num_proc, split, fingerprint)
+    else:
+        progress = tqdm(desc=f"Tokenizing {split}", unit=" docs", disable=False)
+        encoded = encode_stream(iter_documents(selection, read), tokenizer.backend_tokenizer, bos, eos, progress)
+
+    def batches():
+        nonlocal expected
+        for values, lengths in encoded:
+            stats.documents += len(lengths)
+            expected += len(values)
+            yield from packer.add(values, lengths)
+        yield from packer.finish()
+
+    try:
+        stats.rows, stats.tokens = write_rows(folder / ROWS_FILE, batches())
+    finally:
+        if (num_proc or 1) == 1:
+            progress.close()
+    stats.skipped, stats.skipped_examples = read.skipped, read.skipped_examples
+    if stats.documents == 0:
+        raise ValueError(f"split {split!r} has no documents (max_samples, val_fraction or skipped records left none)")
+    if stats.tokens != expected:  # every token of every document must be in the rows
+        raise RuntimeError(f"packing lost tokens: {expected} tokenized, {stats.tokens} written")
+    for path in folder.iterdir():
+        if path.name != ROWS_FILE:
+            path.unlink()
+    return stats
+
+
+def _encode_in_processes(
+    selection: Selection, tokenizer: Any, read: ReadStats, folder: Path, bos: int, eos: int,
+    num_proc: int, split: str, fingerprint: str,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Several tokenizer processes through `datasets.map`: pays off where the Python-side
+    work, not the Rust tokenizer, is the limit (many cores). Texts are staged to Arrow first."""
+    from datasets import Dataset, Features, Sequence, Value
+
     texts_path = folder / "texts.arrow"
     documents = stage_texts(iter_documents(selection, read), texts_path)
-    stats = BuildStats(documents=documents, skipped=read.skipped, skipped_examples=read.skipped_examples)
     if documents == 0:
-        raise ValueError(f"split {split!r} has no documents (max_samples, val_fraction or skipped records left none)")
-
+        return iter(())
     texts = Dataset.from_file(str(texts_path))
-    # default: one process, the Rust tokenizer already spreads every batch over all cores
-    workers = max(1, min(num_proc or 1, documents // TOKENIZE_BATCH + 1))
-    # One process: the Rust tokenizer spreads each batch over all cores itself. Several:
-    # one core each, so the forked workers must not start their own thread pools.
+    workers = max(1, min(num_proc, documents // TOKENIZE_BATCH + 1))
+    # the forked workers take one core each and must not start their own thread pools
     saved = os.environ.get("TOKENIZERS_PARALLELISM")
-    if workers > 1:
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     try:
         tokens = texts.map(
             Encoder(tokenizer.backend_tokenizer, bos, eos),
@@ -155,30 +226,14 @@ def build_split(
             desc=f"Tokenizing {split}",
         )
     finally:
-        if workers > 1:
-            if saved is None:
-                os.environ.pop("TOKENIZERS_PARALLELISM", None)
-            else:
-                os.environ["TOKENIZERS_PARALLELISM"] = saved
+        if saved is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = saved
 
-    packer = Packer(max_length, packing)
-    expected = 0
-
-    def batches():
-        nonlocal expected
+    def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for record_batch in tokens.data.to_batches():
             column = record_batch.column(0)
-            values = column.flatten().to_numpy(zero_copy_only=False)
-            lengths = np.diff(column.offsets.to_numpy(zero_copy_only=False))
-            expected += len(values)
-            yield from packer.add(values, lengths)
-        yield from packer.finish()
+            yield column.flatten().to_numpy(zero_copy_only=False), np.diff(column.offsets.to_numpy(zero_copy_only=False))
 
-    stats.rows, stats.tokens = write_rows(folder / ROWS_FILE, batches())
-    if stats.tokens != expected:  # every token of every document must be in the rows
-        raise RuntimeError(f"packing lost tokens: {expected} tokenized, {stats.tokens} written")
-    del tokens, texts
-    for path in folder.iterdir():
-        if path.name != ROWS_FILE:
-            path.unlink()
-    return stats
+    return batches()
