@@ -1,8 +1,8 @@
 """Read and write the rows file of a cache: Arrow IPC, memory-mapped on load.
 
 Schema: `input_ids: list<int32>` and `doc_starts: list<int32>` (where documents begin
-inside the row). The file is written in record batches so no single list column
-overflows 32-bit offsets; loading maps the file and indexes rows without copying.
+inside the row). The file is written in record batches of about 16 M tokens, so no
+list column overflows 32-bit offsets; loading maps the file and indexes rows without copying.
 """
 
 from __future__ import annotations
@@ -19,9 +19,28 @@ ROWS_FILE = "rows.arrow"
 SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("doc_starts", pa.list_(pa.int32()))])
 
 
+RECORD_BATCH_TOKENS = 1 << 24  # ~64 MB of ids per record batch; well under int32 offsets
+
+
 def write_rows(path: Path, batches: Iterable[Rows]) -> tuple[int, int]:
-    """Write row batches to `path`; returns (rows, tokens)."""
+    """Write row batches to `path`; returns (rows, tokens).
+
+    Packer output is coalesced into record batches of about `RECORD_BATCH_TOKENS`:
+    opening the file reads every batch's metadata, so few large batches keep a warm
+    load constant-time as the corpus grows.
+    """
     rows = tokens = 0
+    pending: list[tuple[pa.Array, pa.Array]] = []
+    pending_tokens = 0
+
+    def flush(writer: pa.ipc.RecordBatchFileWriter) -> None:
+        nonlocal pending, pending_tokens
+        if pending:
+            ids = pa.concat_arrays([ids for ids, _ in pending])
+            starts = pa.concat_arrays([starts for _, starts in pending])
+            writer.write_batch(pa.record_batch([ids, starts], schema=SCHEMA))
+        pending, pending_tokens = [], 0
+
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
         for batch in batches:
             if not len(batch):
@@ -30,9 +49,14 @@ def write_rows(path: Path, batches: Iterable[Rows]) -> tuple[int, int]:
             starts = pa.ListArray.from_arrays(
                 pa.array(batch.starts_offsets, pa.int32()), pa.array(batch.starts, pa.int32())
             )
-            writer.write_batch(pa.record_batch([ids, starts], schema=SCHEMA))
+            batch_tokens = int(batch.offsets[-1] - batch.offsets[0])
+            if pending and pending_tokens + batch_tokens > RECORD_BATCH_TOKENS:
+                flush(writer)
+            pending.append((ids, starts))
+            pending_tokens += batch_tokens
             rows += len(batch)
-            tokens += int(batch.offsets[-1] - batch.offsets[0])
+            tokens += batch_tokens
+        flush(writer)
     return rows, tokens
 
 
