@@ -82,6 +82,39 @@ def _has_lone_surrogate(text: str) -> bool:
     return False
 
 
+def parse_line(raw: bytes, text_field: str) -> tuple[Optional[str], Optional[str]]:
+    """(text, None) for a good JSONL line, (None, problem) for a bad one, (None, None) if blank.
+
+    The problem says what is wrong and what to do; callers prefix `path:line`.
+    """
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return None, f"bytes that are not UTF-8 at column {err.start + 1}; re-encode the file as UTF-8"
+    if not line.strip():
+        return None, None
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        return None, f"malformed JSON ({err.msg} at column {err.colno}); fix or remove the line"
+    if not isinstance(record, dict):
+        return None, f"expected a JSON object, got {type(record).__name__}"
+    if text_field not in record:
+        keys = ", ".join(sorted(record)[:8])
+        return None, f"missing field {text_field!r} (fields: {keys}); set text_field to the right one"
+    text = record[text_field]
+    if not isinstance(text, str):
+        return None, f"field {text_field!r} is {type(text).__name__}, not a string"
+    if not text.strip():
+        return None, f"field {text_field!r} is empty"
+    if "\\u" in line and _has_lone_surrogate(text):
+        return None, (
+            f"field {text_field!r} holds an unpaired surrogate escape (\\ud800-\\udfff), "
+            "which is not text; fix the line's \\u escapes"
+        )
+    return text, None
+
+
 def read_texts(
     path: Path,
     text_field: str = "text",
@@ -101,33 +134,9 @@ def read_texts(
     kept = 0
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
-            problem = None
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                problem = f"bytes that are not UTF-8 at column {err.start + 1}; re-encode the file as UTF-8"
-            else:
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    problem = f"malformed JSON ({err.msg} at column {err.colno}); fix or remove the line"
-                else:
-                    if not isinstance(record, dict):
-                        problem = f"expected a JSON object, got {type(record).__name__}"
-                    elif text_field not in record:
-                        keys = ", ".join(sorted(record)[:8])
-                        problem = f"missing field {text_field!r} (fields: {keys}); set text_field to the right one"
-                    elif not isinstance(record[text_field], str):
-                        problem = f"field {text_field!r} is {type(record[text_field]).__name__}, not a string"
-                    elif not record[text_field].strip():
-                        problem = f"field {text_field!r} is empty"
-                    elif "\\u" in line and _has_lone_surrogate(record[text_field]):
-                        problem = (
-                            f"field {text_field!r} holds an unpaired surrogate escape (\\ud800-\\udfff), "
-                            "which is not text; fix the line's \\u escapes"
-                        )
+            text, problem = parse_line(raw, text_field)
+            if text is None and problem is None:
+                continue  # blank line
             if problem is not None:
                 where = f"{path}:{number}: {problem}"
                 if on_bad_record == "error":
@@ -136,6 +145,6 @@ def read_texts(
                 continue
             kept += 1
             stats.documents += 1
-            yield record[text_field]
+            yield text
     if kept == 0:
         raise DataError(f"{path}: no usable records (every line was blank or skipped)")

@@ -1,15 +1,16 @@
 """Read the corpus and term files that `extend-vocab` mines.
 
-JSONL files give one document per line from a text field; other files give one
-document per non-empty line. Errors name the file, the line and what to fix.
+JSONL files give one document per line from a text field, checked line by line as the
+data pipeline checks its sources (`medkor.data.sources.parse_line`); other files give
+one document per non-empty line. Errors name the file, the line and what to fix.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
+from medkor.data.sources import parse_line
 from medkor.vocab.korean import term_words
 
 
@@ -38,7 +39,10 @@ def read_documents(paths: Sequence[str | Path], text_field: str = "text") -> lis
                 if not jsonl:
                     docs.append(line.rstrip("\r\n"))
                     continue
-                docs.append(_jsonl_text(line, path, number, text_field))
+                text, problem = parse_line(raw, text_field)
+                if problem is not None:
+                    raise CorpusError(f"{path}:{number}: {problem}")
+                docs.append(text)
     if not docs:
         raise CorpusError(f"no documents in {', '.join(map(str, paths))}: give non-empty corpus files")
     return docs
@@ -51,22 +55,6 @@ def _decode(raw: bytes, path: Path, number: int) -> str:
         raise CorpusError(
             f"{path}:{number}: bytes that are not UTF-8 at column {err.start + 1}; re-encode the file as UTF-8"
         ) from None
-
-
-def _jsonl_text(line: str, path: Path, number: int, text_field: str) -> str:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise CorpusError(f"{path}:{number}: not valid JSON ({err.msg}); every line must be one JSON object") from None
-    if not isinstance(record, dict) or text_field not in record:
-        keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-        raise CorpusError(
-            f"{path}:{number}: no field {text_field!r} (found {keys}); pass --text_field with the field that holds the text"
-        )
-    text = record[text_field]
-    if not isinstance(text, str):
-        raise CorpusError(f"{path}:{number}: field {text_field!r} is {type(text).__name__}, expected a string")
-    return text
 
 
 def read_terms(paths: Sequence[str | Path]) -> list[str]:

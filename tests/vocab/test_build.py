@@ -84,7 +84,7 @@ def test_command_writes_refuses_to_clobber_and_reports_bad_input(tmp_path, base_
     assert main(args) == 2
     assert "already holds a tokenizer; pass --overwrite" in capsys.readouterr().err
     assert main(args + ["--overwrite", "--text_field", "body"]) == 2
-    assert "train.jsonl:1: no field 'body'" in capsys.readouterr().err
+    assert "train.jsonl:1: missing field 'body'" in capsys.readouterr().err
     assert main(args + ["--overwrite", "--base", str(tmp_path / "nothing")]) == 2
     assert "cannot load a tokenizer from" in capsys.readouterr().err
     assert main(args + ["--overwrite", "--num_new_tokens", "-5"]) == 2

@@ -12,13 +12,13 @@ def test_reads_jsonl_and_text(tmp_path):
 def test_jsonl_errors_name_file_line_and_field(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "ok"}\n{"body": "x"}\n', encoding="utf-8")
-    with pytest.raises(CorpusError, match=r"bad.jsonl:2: no field 'text' \(found \['body'\]\); pass --text_field"):
+    with pytest.raises(CorpusError, match=r"bad.jsonl:2: missing field 'text' \(fields: body\); set text_field"):
         read_documents([path])
     path.write_text('{"text": "ok"}\n{"text": 3}\n{oops\n', encoding="utf-8")
     with pytest.raises(CorpusError, match=r"bad.jsonl:2: field 'text' is int"):
         read_documents([path])
     path.write_text('{"text": "ok"}\n{oops\n', encoding="utf-8")
-    with pytest.raises(CorpusError, match=r"bad.jsonl:2: not valid JSON"):
+    with pytest.raises(CorpusError, match=r"bad.jsonl:2: malformed JSON"):
         read_documents([path])
     with pytest.raises(CorpusError, match="missing.jsonl: corpus file not found"):
         read_documents([tmp_path / "missing.jsonl"])
