@@ -48,6 +48,9 @@ def upcast_trainable(model: nn.Module) -> None:
             param.data = param.data.float()
 
 
+BASE_VOCAB_KEY = "medkor_base_vocab_size"  # tokens of the checkpoint before medkor extended it
+
+
 def build_model(
     model_name_or_path: str,
     tokenizer_path: Optional[str] = None,
@@ -92,7 +95,13 @@ def build_model(
     if gradient_checkpointing:
         # Non-reentrant checkpointing needs no input that requires grad (frozen embeddings + LoRA).
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    n_old = plan.n_base if plan.extended else plan.rows_after
+    text_cfg = model.config.get_text_config()
+    if plan.extended:
+        # Recorded in the config, so an exported extended base still knows its new rows.
+        setattr(text_cfg, BASE_VOCAB_KEY, plan.n_base)
+        n_old = plan.n_base
+    else:
+        n_old = getattr(text_cfg, BASE_VOCAB_KEY, None) or plan.rows_after
     policy = apply_policy(model, trainable, n_old_rows=n_old, lora=lora)
     if torch_dtype in ("bfloat16", "float16"):
         upcast_trainable(policy.model)

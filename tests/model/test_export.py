@@ -76,6 +76,12 @@ def test_export_command_without_checkpoint_writes_the_extended_base(assets, tmp_
     assert not again.embedding_plan.extended and len(again.tokenizer) == len(module.tokenizer)
     ids, mask = _ids(module.tokenizer)
     torch.testing.assert_close(_logits(again.model, ids, mask), _logits(module.model, ids, mask), rtol=0, atol=1e-6)
+    # The export records which rows are new, so `new_embeddings` can start from it.
+    stage1 = MedGemmaModule(str(tmp_path / "base-ext"), trainable="new_embeddings")
+    emb = stage1.hf_model.get_input_embeddings().weight
+    emb.sum().backward()
+    n_base = module.embedding_plan.n_base
+    assert (emb.grad[:n_base] == 0).all() and (emb.grad[n_base:] != 0).all()
 
 
 def test_export_command_loads_a_trainable_only_checkpoint(assets, tmp_path):
