@@ -173,13 +173,10 @@ class MedGemmaModule(LightningModule):
         self.log(self._eval_key("test", dataloader_idx), loss, on_epoch=True, sync_dist=True,
                  batch_size=max(count, 1), add_dataloader_idx=False)
 
-    def _eval_key(self, stage: str, dataloader_idx: int) -> str:
-        """`val/loss` for the first set; `val/<name>/loss` for the others (names from the datamodule)."""
-        if dataloader_idx == 0:
-            return f"{stage}/loss"
-        names = getattr(getattr(self.trainer, "datamodule", None), f"{stage}_names", None)
-        name = names[dataloader_idx] if names and dataloader_idx < len(names) else str(dataloader_idx)
-        return f"{stage}/{name}/loss"
+    @staticmethod
+    def _eval_key(stage: str, dataloader_idx: int) -> str:
+        """`val/loss` for the first set; `val/<index>/loss` for any further ones."""
+        return f"{stage}/loss" if dataloader_idx == 0 else f"{stage}/{dataloader_idx}/loss"
 
     # ---- optimisation -------------------------------------------------------
     def configure_optimizers(self) -> dict:

@@ -33,16 +33,15 @@ def read_documents(paths: Sequence[str | Path], text_field: str = "text") -> lis
         jsonl = path.suffix.lower() in (".jsonl", ".json")
         with path.open("rb") as handle:
             for number, raw in enumerate(handle, 1):
-                line = _decode(raw, path, number)
-                if not line.strip():
-                    continue
-                if not jsonl:
-                    docs.append(line.rstrip("\r\n"))
-                    continue
-                text, problem = parse_line(raw, text_field)
-                if problem is not None:
-                    raise CorpusError(f"{path}:{number}: {problem}")
-                docs.append(text)
+                if jsonl:
+                    text, problem = parse_line(raw, text_field)  # decodes and checks the line
+                    if problem is not None:
+                        raise CorpusError(f"{path}:{number}: {problem}")
+                else:
+                    line = _decode(raw, path, number)
+                    text = line.rstrip("\r\n") if line.strip() else None
+                if text is not None:
+                    docs.append(text)
     if not docs:
         raise CorpusError(f"no documents in {', '.join(map(str, paths))}: give non-empty corpus files")
     return docs
