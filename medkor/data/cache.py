@@ -28,9 +28,10 @@ from typing import Any, Callable, Optional
 
 from filelock import FileLock, Timeout
 
-from medkor.data.build import Selection, build_split, special_ids
+from medkor.data.build import build_split, special_ids
 from medkor.data.fingerprint import FingerprintMemo, file_fingerprints, hash_bytes_of, hash_text, tokenizer_fingerprint
 from medkor.data.rows import ROWS_FILE, RowsFile
+from medkor.data.sources import Selection
 
 log = logging.getLogger("medkor.data")
 
@@ -263,7 +264,6 @@ def _build(
             request.packing,
             request.num_proc,
             request.split,
-            key,
         )
         bos, eos, pad = special_ids(tokenizer)
         rows_path = tmp / ROWS_FILE

@@ -16,12 +16,11 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from medkor.data.build import Selection
 from medkor.data.cache import CacheRequest, CacheResult, ensure_caches, open_cache
 from medkor.data.collate import Collator
 from medkor.data.rows import RowsFile
 from medkor.data.sampler import EpochShuffleSampler
-from medkor.data.sources import OnBadRecord, require_train_files, split_files
+from medkor.data.sources import OnBadRecord, Selection, require_train_files, split_files
 
 FORMATS = ("text",)
 
@@ -55,9 +54,10 @@ class MedKorDataModule(pl.LightningDataModule):
         max_samples: Keep at most this many documents per split (in file order).
         cache_dir: Where caches live; default `<data_dir>/.cache`.
         overwrite_cache: Rebuild even when a valid cache exists.
-        num_proc: Tokenizer processes (`datasets.map`). Default one: the Rust tokenizer
-            already spreads each batch over all cores; more processes also spread
-            the Python-side work, which pays off on many-core machines.
+        num_proc: Tokenizer processes for a build, each tokenizing whole-line chunks of
+            about 1 MiB on one core. Default: every usable core. 1: tokenize in this
+            process (the tokenizer's own threads still use every core, but the Python
+            side then competes with them). A small split uses fewer processes.
         batch_size: Rows per batch.
         num_workers: DataLoader worker processes.
         val_fraction: Without a validation file, move this fraction of the training
@@ -95,6 +95,8 @@ class MedKorDataModule(pl.LightningDataModule):
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         if max_samples is not None and max_samples < 1:
             raise ValueError(f"max_samples must be positive, got {max_samples}")
+        if num_proc is not None and num_proc < 1:
+            raise ValueError(f"num_proc must be at least 1 (or null for every usable core), got {num_proc}")
         self.data_dir = data_dir
         self.tokenizer_path = tokenizer_path
         self.format = format

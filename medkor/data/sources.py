@@ -1,7 +1,7 @@
-"""Find the JSONL files of a split and read their records, validating every line.
+"""Find the JSONL files of a split, read them in chunks of whole lines, check every line.
 
 Errors name the file and line and say what to do; nothing here knows about caches
-or tokenizers.
+or tokenizers. A `Selection` says which documents of the files make up a split.
 """
 
 from __future__ import annotations
@@ -11,8 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal, Optional
 
+import xxhash
+
 OnBadRecord = Literal["error", "skip"]
 SPLIT_FILES = {"train": "train", "validation": "validation"}
+CHUNK_BYTES = 1 << 20  # whole lines of about this many bytes per unit of work
 
 
 class DataError(ValueError):
@@ -20,17 +23,50 @@ class DataError(ValueError):
 
 
 @dataclass
+class Selection:
+    """Which documents of the source files make up a split."""
+
+    files: list[Path]
+    text_field: str = "text"
+    on_bad_record: OnBadRecord = "error"
+    max_samples: Optional[int] = None
+    val_fraction: float = 0.0  # > 0: the split is carved from the files by a content hash
+    take_validation: bool = False  # with val_fraction: keep the validation share, else the rest
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.on_bad_record not in ("error", "skip"):
+            raise ValueError(f"on_bad_record must be 'error' or 'skip', got {self.on_bad_record!r}")
+
+    def keeps(self, text: str) -> bool:
+        """Whether a checked document belongs to the split (before `max_samples`)."""
+        if self.val_fraction <= 0:
+            return True
+        return in_validation(text, self.seed, self.val_fraction) == self.take_validation
+
+
+def in_validation(text: str, seed: int, fraction: float) -> bool:
+    """Deterministic split by content: a document's side never depends on the others."""
+    draw = xxhash.xxh3_64_intdigest(text.encode("utf-8"), seed=seed) / 2.0**64
+    return draw < fraction
+
+
+@dataclass
 class ReadStats:
-    """What reading a split saw: kept documents and skipped records by reason."""
+    """Skipped records of a split, by `path:line: reason` (the first few kept as examples)."""
 
-    documents: int = 0
     skipped: int = 0
-    skipped_examples: list[str] = field(default_factory=list)  # "file:line: reason", first few
+    skipped_examples: list[str] = field(default_factory=list)
 
-    def skip(self, where: str) -> None:
-        self.skipped += 1
-        if len(self.skipped_examples) < 20:
-            self.skipped_examples.append(where)
+    def record(self, path: Path, problems: list[tuple[int, str]], on_bad_record: OnBadRecord) -> None:
+        """Apply the bad-record policy to a chunk's problems: raise on the first, or count them."""
+        for number, problem in problems:
+            where = f"{path}:{number}: {problem}"
+            if on_bad_record == "error":
+                raise DataError(where + " (or set on_bad_record: skip)")
+            self.skipped += 1
+            if len(self.skipped_examples) < 20:
+                self.skipped_examples.append(where)
 
 
 def split_files(data_dir: str | Path, split: str) -> list[Path]:
@@ -66,7 +102,8 @@ def require_train_files(data_dir: str | Path) -> list[Path]:
     return files
 
 
-def _check_file(path: Path) -> None:
+def check_file(path: Path) -> None:
+    """Fail early, naming the file, when it is missing or empty."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     if path.stat().st_size == 0:
@@ -115,36 +152,45 @@ def parse_line(raw: bytes, text_field: str) -> tuple[Optional[str], Optional[str
     return text, None
 
 
-def read_texts(
-    path: Path,
-    text_field: str = "text",
-    on_bad_record: OnBadRecord = "error",
-    stats: Optional[ReadStats] = None,
-) -> Iterator[str]:
-    """Yield the `text_field` string of every record of one JSONL file.
+@dataclass
+class LineChunk:
+    """Consecutive raw lines of one file; `first_line` is the 1-based number of the first."""
 
-    Blank lines are ignored. A line that is not UTF-8, not JSON, not an object, or
-    lacks a non-empty string `text_field` raises `DataError` naming `path:line`, or is
-    counted in `stats` and skipped when `on_bad_record="skip"`.
-    """
-    if on_bad_record not in ("error", "skip"):
-        raise ValueError(f"on_bad_record must be 'error' or 'skip', got {on_bad_record!r}")
-    _check_file(path)
-    stats = stats if stats is not None else ReadStats()
-    kept = 0
+    path: Path
+    first_line: int
+    lines: list[bytes]
+
+
+@dataclass
+class ParsedChunk:
+    """The checked documents of a chunk with their line numbers, and its bad lines."""
+
+    texts: list[str]
+    line_numbers: list[int]
+    problems: list[tuple[int, str]]  # (line, what is wrong and what to do)
+
+
+def read_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[LineChunk]:
+    """The file as chunks of whole lines of about `chunk_bytes` each, in order."""
     with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            text, problem = parse_line(raw, text_field)
-            if text is None and problem is None:
-                continue  # blank line
-            if problem is not None:
-                where = f"{path}:{number}: {problem}"
-                if on_bad_record == "error":
-                    raise DataError(where + " (or set on_bad_record: skip)")
-                stats.skip(where)
-                continue
-            kept += 1
-            stats.documents += 1
-            yield text
-    if kept == 0:
-        raise DataError(f"{path}: no usable records (every line was blank or skipped)")
+        first = 1
+        while lines := handle.readlines(chunk_bytes):
+            yield LineChunk(path, first, lines)
+            first += len(lines)
+
+
+def parse_chunk(chunk: LineChunk, text_field: str) -> ParsedChunk:
+    """Check every line of a chunk (`parse_line`); blank lines are neither kept nor bad."""
+    parsed = ParsedChunk([], [], [])
+    for number, raw in enumerate(chunk.lines, start=chunk.first_line):
+        text, problem = parse_line(raw, text_field)
+        if problem is not None:
+            parsed.problems.append((number, problem))
+        elif text is not None:
+            parsed.texts.append(text)
+            parsed.line_numbers.append(number)
+    return parsed
+
+
+def no_records_error(path: Path) -> DataError:
+    return DataError(f"{path}: no usable records (every line was blank or skipped)")

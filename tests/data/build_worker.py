@@ -9,9 +9,8 @@ import logging
 import sys
 from pathlib import Path
 
-from medkor.data.build import Selection
 from medkor.data.cache import CacheRequest, ensure_cache
-from medkor.data.sources import split_files
+from medkor.data.sources import Selection, split_files
 
 logging.basicConfig(level=logging.INFO, format="%(message)s")
 data_dir, tokenizer_dir, max_length = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])

@@ -11,11 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import medkor.data.build as build
-from medkor.data.build import Selection
 from medkor.data.cache import CacheError, CacheRequest, check_manifest, ensure_cache, open_cache, resolve
 from medkor.data.fingerprint import FingerprintMemo, tokenizer_fingerprint
-from medkor.data.sources import split_files
+from medkor.data.sources import Selection, split_files
 from tests.data.conftest import korean_docs, write_jsonl
 
 
@@ -84,8 +82,8 @@ def test_hit_parses_no_jsonl_and_runs_no_tokenizer(data_dir, tokenizer_dir, monk
 
     import transformers
 
-    monkeypatch.setattr(build, "read_texts", forbidden)
-    monkeypatch.setattr(build, "build_split", forbidden)
+    monkeypatch.setattr("medkor.data.encode.parse_chunk", forbidden)
+    monkeypatch.setattr("medkor.data.cache.build_split", forbidden)
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", forbidden)
     monkeypatch.setattr("medkor.data.fingerprint.hash_bytes_of", forbidden)
     assert ensure_cache(_request(data_dir, tokenizer_dir)).status == "hit"

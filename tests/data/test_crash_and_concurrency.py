@@ -10,10 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from filelock import FileLock
 
-from medkor.data.build import Selection
 from medkor.data.cache import CacheRequest, check_manifest, resolve
+from medkor.data.sources import Selection
 from medkor.data.inventory import verify_cache
 from tests.data.conftest import korean_docs, write_jsonl
 
@@ -61,7 +62,6 @@ def test_sigkill_at_random_moments_leaves_no_cache(tmp_path, tokenizer_dir):
         for folder in _published(cache_dir):  # killed after the rename: then it must be whole
             assert check_manifest(folder) is None and verify_cache(folder) == []
     assert seen_build >= 1
-    time.sleep(0.5)  # forked tokenizer workers notice their parent is gone and exit
     proc = _start(data_dir, tokenizer_dir)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
@@ -71,6 +71,46 @@ def test_sigkill_at_random_moments_leaves_no_cache(tmp_path, tokenizer_dir):
     assert verify_cache(Path(result["path"])) == []
     assert result["tokens"] > 6000 * 10
     assert not [p for p in cache_dir.iterdir() if p.name.startswith(".tmp-")], "stale build folders were not swept"
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"  # a zombie has exited, only not yet been reaped
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; workers die with their parent on Linux")
+def test_sigkilled_build_leaves_no_worker_processes(tmp_path, tokenizer_dir):
+    data_dir = tmp_path / "data"
+    write_jsonl(data_dir / "train.jsonl", korean_docs(30000))  # several chunks: two workers
+    proc = _start(data_dir, tokenizer_dir, num_proc=2)
+    workers: list[int] = []
+    end = time.time() + 60
+    while len(workers) < 2 and proc.poll() is None and time.time() < end:
+        workers = _children(proc.pid)
+        time.sleep(0.01)
+    assert len(workers) == 2, "the build finished or failed before its workers were seen"
+    proc.kill()
+    proc.wait()
+    end = time.time() + 5
+    while any(map(_alive, workers)) and time.time() < end:
+        time.sleep(0.05)
+    assert not any(map(_alive, workers)), "tokenizer workers outlived the killed build"
 
 
 def test_two_builders_started_together_build_once(tmp_path, tokenizer_dir):

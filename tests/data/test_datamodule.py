@@ -44,6 +44,8 @@ def test_bad_options_and_missing_data(tmp_path, tokenizer_dir):
         MedKorDataModule(data_dir=str(tmp_path), format="chat")
     with pytest.raises(ValueError, match="val_fraction"):
         MedKorDataModule(data_dir=str(tmp_path), val_fraction=1.5)
+    with pytest.raises(ValueError, match="num_proc must be at least 1"):
+        MedKorDataModule(data_dir=str(tmp_path), num_proc=0)
     with pytest.raises(DataError, match="no training data"):
         MedKorDataModule(data_dir=str(tmp_path), tokenizer_path=str(tokenizer_dir)).prepare_data()
     with pytest.raises(ValueError, match="tokenizer_path is not set"):

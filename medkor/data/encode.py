@@ -1,0 +1,204 @@
+"""Tokenize the documents of a split into `<bos> document <eos>` tokens, on every core.
+
+The parent reads the files in chunks of whole lines and hands them to worker
+processes; each worker checks its lines, keeps the split's documents, tokenizes them
+with a single-threaded tokenizer and returns flat int32 arrays. Results come back in
+file order, so errors, skips and `max_samples` mean exactly what they mean in one
+process, and the rows do not depend on the number of workers.
+
+Processes rather than the tokenizer's own threads: in one process the Python side
+(JSON, turning id lists into arrays) competes with the Rust threads for the same
+cores, which cost about 1.4x the raw tokenizer time against about 1.1x for one
+single-threaded tokenizer per core (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import signal
+import sys
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+import numpy as np
+
+from medkor.data.sources import (
+    CHUNK_BYTES, LineChunk, ReadStats, Selection, check_file, no_records_error, parse_chunk, read_chunks,
+)
+
+IN_FLIGHT_PER_WORKER = 2  # chunks queued per worker: enough to never idle, little memory
+PARALLELISM = "TOKENIZERS_PARALLELISM"
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class EncodedChunk:
+    """A chunk's kept documents as flat tokens, with lengths and line numbers, and its bad lines."""
+
+    path: Path
+    values: np.ndarray  # int32 `<bos> ids <eos>` of every kept document, concatenated
+    lengths: np.ndarray  # int64 tokens per kept document
+    line_numbers: np.ndarray  # int64 line of each kept document
+    records: int  # lines that passed the check, kept by the split or not
+    problems: list[tuple[int, str]]
+
+
+def with_bos_eos(encodings: list[Any], bos: int, eos: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flat int32 tokens of `<bos> ids <eos>` per encoded document, and each document's length.
+
+    One pass over the tokenizer's id lists, each freed as soon as it is read: the
+    cheapest way out of Python lists (about half the cost of collecting them first).
+    """
+    lengths = np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings)) + 2
+    head, tail = [bos], [eos]
+    pieces = chain.from_iterable(piece for e in encodings for piece in (head, e.ids, tail))
+    return np.fromiter(pieces, dtype=np.int32, count=int(lengths.sum())), lengths
+
+
+class ChunkEncoder:
+    """Check, select and tokenize one chunk; the same function runs in a worker or in-process."""
+
+    def __init__(self, selection: Selection, backend: Any, bos: int, eos: int) -> None:
+        self.selection = selection
+        self.backend = backend  # a `tokenizers.Tokenizer`
+        self.bos = bos
+        self.eos = eos
+
+    def __call__(self, chunk: LineChunk) -> EncodedChunk:
+        parsed = parse_chunk(chunk, self.selection.text_field)
+        kept = [i for i, text in enumerate(parsed.texts) if self.selection.keeps(text)]
+        texts = [parsed.texts[i] for i in kept]
+        encodings = self.backend.encode_batch_fast(texts, add_special_tokens=False) if texts else []
+        values, lengths = with_bos_eos(encodings, self.bos, self.eos)
+        lines = np.array([parsed.line_numbers[i] for i in kept], dtype=np.int64)
+        return EncodedChunk(chunk.path, values, lengths, lines, len(parsed.texts), parsed.problems)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (respects taskset, cgroups cpusets and SLURM binding)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def worker_count(num_proc: Optional[int], total_bytes: int, chunk_bytes: int = CHUNK_BYTES) -> int:
+    """Tokenizer processes for a split: `num_proc` (default every usable core), at most one per chunk.
+
+    1 means no worker processes: the split is tokenized in this process.
+    """
+    wanted = usable_cores() if num_proc is None else num_proc
+    chunks = max(1, -(-total_bytes // chunk_bytes))
+    return max(1, min(wanted, chunks))
+
+
+def encode_split(
+    selection: Selection,
+    backend: Any,
+    bos: int,
+    eos: int,
+    num_proc: Optional[int],
+    stats: ReadStats,
+    on_documents: Callable[[int], Any] = lambda count: None,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The split's documents as (flat int32 tokens, lengths) batches, in file order.
+
+    Bad lines raise `DataError` naming `file:line`, or are counted in `stats` when
+    skipped; reading stops after `max_samples` kept documents; a file without a
+    single usable record is an error. `on_documents` is told each batch's size.
+    """
+    for path in selection.files:
+        check_file(path)
+    workers = worker_count(num_proc, sum(path.stat().st_size for path in selection.files), chunk_bytes)
+    chunks = (chunk for path in selection.files for chunk in read_chunks(path, chunk_bytes))
+    encoder = ChunkEncoder(selection, backend, bos, eos)
+    results = ordered_map(encoder, chunks, workers)
+    records = {path: 0 for path in selection.files}
+    kept, limit = 0, selection.max_samples
+    try:
+        for result in results:
+            values, lengths, problems = result.values, result.lengths, result.problems
+            full = limit is not None and kept + len(lengths) >= limit
+            if full:  # take the first documents only; lines after the last one taken are not read
+                take = limit - kept
+                last_line = int(result.line_numbers[take - 1])
+                problems = [(line, problem) for line, problem in problems if line < last_line]
+                values, lengths = values[: int(lengths[:take].sum())], lengths[:take]
+            stats.record(result.path, problems, selection.on_bad_record)
+            records[result.path] += result.records
+            kept += len(lengths)
+            on_documents(len(lengths))
+            if len(lengths):
+                yield values, lengths
+            if full:
+                return
+    finally:
+        results.close()
+    for path, count in records.items():
+        if count == 0:
+            raise no_records_error(path)
+
+
+def ordered_map(function: ChunkEncoder, chunks: Iterable[LineChunk], workers: int) -> Iterator[EncodedChunk]:
+    """`map(function, chunks)` over `workers` processes, in order, with a bounded queue."""
+    if workers <= 1:
+        yield from map(function, chunks)
+        return
+    # fork shares the loaded tokenizer with the workers at no cost; elsewhere it is pickled once each
+    context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    saved = os.environ.get(PARALLELISM)
+    os.environ[PARALLELISM] = "false"  # one core per worker; also no fork warning from tokenizers
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(function, os.getpid()))
+    pending: deque = deque()
+    try:
+        for chunk in chunks:
+            pending.append(pool.submit(_run_in_worker, chunk))
+            if len(pending) >= workers * IN_FLIGHT_PER_WORKER:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    except BrokenProcessPool as err:
+        raise RuntimeError(
+            f"a tokenizer worker process died ({err}); if it ran out of memory, lower data.num_proc"
+        ) from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        if saved is None:
+            os.environ.pop(PARALLELISM, None)
+        else:
+            os.environ[PARALLELISM] = saved
+
+
+_WORKER_FUNCTION: Optional[ChunkEncoder] = None
+
+
+def _start_worker(function: ChunkEncoder, parent_pid: int) -> None:
+    global _WORKER_FUNCTION
+    _WORKER_FUNCTION = function
+    os.environ[PARALLELISM] = "false"
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops the pool
+    _exit_with_parent(parent_pid)
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Have the kernel kill this worker when the parent dies (Linux), so a SIGKILLed build
+    leaves no orphan processes; the pool's own pipes cannot tell them, forked workers share them."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (AttributeError, OSError):
+            pass
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def _run_in_worker(chunk: LineChunk) -> EncodedChunk:
+    assert _WORKER_FUNCTION is not None, "worker not initialised"
+    return _WORKER_FUNCTION(chunk)
