@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from medkor.data.encode import encode_split
 from medkor.data.packing import Packer
-from medkor.data.rows import ROWS_FILE, write_rows
+from medkor.data.rows import ROWS_FILE, rows_per_batch, write_rows
 from medkor.data.sources import ReadStats, Selection
 
 
@@ -67,7 +67,7 @@ def build_split(
                 yield from packer.add(values, lengths)
             yield from packer.finish()
 
-        stats.rows, stats.tokens = write_rows(folder / ROWS_FILE, batches())
+        stats.rows, stats.tokens = write_rows(folder / ROWS_FILE, batches(), rows_per_batch(max_length))
     stats.skipped, stats.skipped_examples = read.skipped, read.skipped_examples
     if stats.documents == 0:
         raise ValueError(f"split {split!r} has no documents (max_samples, val_fraction or skipped records left none)")

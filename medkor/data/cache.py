@@ -35,7 +35,7 @@ from medkor.data.sources import Selection
 
 log = logging.getLogger("medkor.data")
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 MANIFEST = "manifest.json"
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"

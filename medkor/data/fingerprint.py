@@ -129,16 +129,47 @@ def tokenizer_state(tokenizer: Any) -> str:
     return hash_text(backend.to_str(), json.dumps(specials, sort_keys=True), template or "")
 
 
-def _tokenizer_files(tokenizer_path: str) -> Optional[list[Path]]:
+def hub_snapshot(repo_id: str) -> Optional[Path]:
+    """The cached snapshot folder `from_pretrained(repo_id)` would load, or None.
+
+    Offline (`HF_HUB_OFFLINE=1`) that is the cached `main`. Online it is the hub's
+    current commit, asked with one request, and None when that commit is not cached
+    yet (loading will download it). An unanswered request falls back to the cached
+    `main`, as loading does.
+    """
+    if repo_id.count("/") != 1 or Path(repo_id).exists():
+        return None
+    try:
+        from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    except ImportError:
+        return None
+    revision = None
+    if not constants.HF_HUB_OFFLINE:
+        try:
+            revision = HfApi().model_info(repo_id, timeout=10).sha
+        except Exception:  # no network, gated, unknown: whatever loading would meet, it meets too
+            revision = None
+    found = try_to_load_from_cache(repo_id, "tokenizer_config.json", revision=revision)
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def _tokenizer_files(tokenizer_path: str) -> tuple[Optional[Path], list[Path]]:
+    """The folder whose files' stats vouch for a remembered tokenizer hash, and those files."""
     root = Path(tokenizer_path)
     if not root.is_dir():
-        return None  # a hub id: no local files to remember a hash by
-    return sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+        root = hub_snapshot(tokenizer_path)
+        if root is None:
+            return None, []
+    return root, sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
 def tokenizer_fingerprint(tokenizer_path: str, memo: FingerprintMemo, load: Callable[[], Any]) -> str:
-    """Hash of the tokenizer's content; loads it only when its files changed since last time."""
-    files = _tokenizer_files(tokenizer_path)
-    if not files:
+    """Hash of the tokenizer's content; loads it only when its files changed since last time.
+
+    A hub id is remembered by the files of its cached snapshot; one that is not
+    cached yet is loaded (and so downloaded) to be hashed.
+    """
+    root, files = _tokenizer_files(tokenizer_path)
+    if root is None or not files:
         return tokenizer_state(load())
-    return memo.content_hash(f"tokenizer:{Path(tokenizer_path).resolve()}", files, lambda: tokenizer_state(load()))
+    return memo.content_hash(f"tokenizer:{root.resolve()}", files, lambda: tokenizer_state(load()))

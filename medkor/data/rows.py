@@ -1,14 +1,16 @@
 """Read and write the rows file of a cache: Arrow IPC, memory-mapped on load.
 
 Schema: `input_ids: list<int32>` and `doc_starts: list<int32>` (where documents begin
-inside the row). The file is written in record batches of about 16 M tokens, so no
-list column overflows 32-bit offsets; loading maps the file and indexes rows without copying.
+inside the row). Every record batch but the last holds the same number of rows
+(schema metadata `rows_per_batch`, chosen for about 16 M tokens, so no list column
+overflows 32-bit offsets). Row i is then in batch i // rows_per_batch, and opening a
+file reads its footer and last batch only, however large the corpus.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -17,31 +19,33 @@ from medkor.data.packing import Rows
 
 ROWS_FILE = "rows.arrow"
 SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("doc_starts", pa.list_(pa.int32()))])
-
-
 RECORD_BATCH_TOKENS = 1 << 24  # ~64 MB of ids per record batch; well under int32 offsets
+ROWS_PER_BATCH_KEY = b"rows_per_batch"
 
 
-def write_rows(path: Path, batches: Iterable[Rows]) -> tuple[int, int]:
-    """Write row batches to `path`; returns (rows, tokens).
+def rows_per_batch(max_length: int) -> int:
+    """Rows per record batch for rows of at most `max_length` tokens."""
+    return max(1, RECORD_BATCH_TOKENS // max_length)
 
-    Packer output is coalesced into record batches of about `RECORD_BATCH_TOKENS`:
-    opening the file reads every batch's metadata, so few large batches keep a warm
-    load constant-time as the corpus grows.
-    """
+
+def write_rows(path: Path, batches: Iterable[Rows], per_batch: int) -> tuple[int, int]:
+    """Write row batches to `path` in record batches of exactly `per_batch` rows
+    (the last may hold fewer); returns (rows, tokens)."""
     rows = tokens = 0
+    schema = SCHEMA.with_metadata({ROWS_PER_BATCH_KEY: str(per_batch).encode()})
     pending: list[tuple[pa.Array, pa.Array]] = []
-    pending_tokens = 0
+    pending_rows = 0
 
-    def flush(writer: pa.ipc.RecordBatchFileWriter) -> None:
-        nonlocal pending, pending_tokens
-        if pending:
-            ids = pa.concat_arrays([ids for ids, _ in pending])
-            starts = pa.concat_arrays([starts for _, starts in pending])
-            writer.write_batch(pa.record_batch([ids, starts], schema=SCHEMA))
-        pending, pending_tokens = [], 0
+    def write(writer: pa.ipc.RecordBatchFileWriter, limit: Optional[int]) -> None:
+        nonlocal pending, pending_rows
+        ids = pa.concat_arrays([ids for ids, _ in pending])
+        starts = pa.concat_arrays([starts for _, starts in pending])
+        take = len(ids) if limit is None else limit
+        writer.write_batch(pa.record_batch([ids.slice(0, take), starts.slice(0, take)], schema=schema))
+        pending = [(ids.slice(take), starts.slice(take))] if take < len(ids) else []
+        pending_rows -= take
 
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
         for batch in batches:
             if not len(batch):
                 continue
@@ -49,14 +53,14 @@ def write_rows(path: Path, batches: Iterable[Rows]) -> tuple[int, int]:
             starts = pa.ListArray.from_arrays(
                 pa.array(batch.starts_offsets, pa.int32()), pa.array(batch.starts, pa.int32())
             )
-            batch_tokens = int(batch.offsets[-1] - batch.offsets[0])
-            if pending and pending_tokens + batch_tokens > RECORD_BATCH_TOKENS:
-                flush(writer)
             pending.append((ids, starts))
-            pending_tokens += batch_tokens
+            pending_rows += len(batch)
             rows += len(batch)
-            tokens += batch_tokens
-        flush(writer)
+            tokens += int(batch.offsets[-1] - batch.offsets[0])
+            while pending_rows >= per_batch:
+                write(writer, per_batch)
+        if pending_rows:
+            write(writer, None)
     return rows, tokens
 
 
@@ -89,43 +93,47 @@ class RowsFile:
 
     def _open(self) -> None:
         self._source = pa.memory_map(str(self.path), "r")
-        reader = pa.ipc.open_file(self._source)
-        if reader.schema != SCHEMA:
-            raise ValueError(f"{self.path}: unexpected schema {reader.schema}")
-        self._parts = []
-        counts = []
-        for i in range(reader.num_record_batches):
-            batch = reader.get_batch(i)
+        self._reader = pa.ipc.open_file(self._source)
+        schema = self._reader.schema
+        if schema != SCHEMA or ROWS_PER_BATCH_KEY not in (schema.metadata or {}):
+            raise ValueError(f"{self.path}: unexpected schema {schema}; rebuild the cache")
+        self._per_batch = int(schema.metadata[ROWS_PER_BATCH_KEY])
+        batches = self._reader.num_record_batches
+        self._parts: list[Optional[tuple[np.ndarray, ...]]] = [None] * batches
+        self._len = (batches - 1) * self._per_batch + self._part(batches - 1)[1].size - 1 if batches else 0
+
+    def _part(self, index: int) -> tuple[np.ndarray, ...]:
+        """(values, offsets, starts, starts_offsets) views of a record batch, read on first use."""
+        part = self._parts[index]
+        if part is None:
+            batch = self._reader.get_batch(index)
             ids, starts = batch.column(0), batch.column(1)
-            self._parts.append(
-                (
-                    _view(ids.values, np.int32),
-                    _view(ids.offsets, np.int32),
-                    _view(starts.values, np.int32),
-                    _view(starts.offsets, np.int32),
-                )
-            )
-            counts.append(len(batch))
-        self._ends = np.cumsum(counts, dtype=np.int64)
+            part = (_view(ids.values, np.int32), _view(ids.offsets, np.int32),
+                    _view(starts.values, np.int32), _view(starts.offsets, np.int32))
+            self._parts[index] = part
+        return part
 
     def __len__(self) -> int:
-        return int(self._ends[-1]) if len(self._ends) else 0
+        return self._len
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"row {index} out of range for {len(self)} rows")
-        part = int(np.searchsorted(self._ends, index, side="right"))
-        local = index - (int(self._ends[part - 1]) if part else 0)
-        values, offsets, starts, starts_offsets = self._parts[part]
+        values, offsets, starts, starts_offsets = self._part(index // self._per_batch)
+        local = index % self._per_batch
         return (
             values[offsets[local] : offsets[local + 1]],
             starts[starts_offsets[local] : starts_offsets[local + 1]],
         )
 
+    def _all_parts(self) -> list[tuple[np.ndarray, ...]]:
+        return [self._part(i) for i in range(len(self._parts))]
+
     def token_count(self) -> int:
-        return int(sum(int(off[-1] - off[0]) for _, off, _, _ in self._parts))
+        return int(sum(int(off[-1] - off[0]) for _, off, _, _ in self._all_parts()))
 
     def row_lengths(self) -> np.ndarray:
-        return np.concatenate([np.diff(off) for _, off, _, _ in self._parts]) if self._parts else np.zeros(0, np.int64)
+        parts = self._all_parts()
+        return np.concatenate([np.diff(off) for _, off, _, _ in parts]) if parts else np.zeros(0, np.int64)
