@@ -74,13 +74,13 @@ def raw_tokenize_seconds(path: Path, tokenizer) -> tuple[float, int]:
     return time.perf_counter() - start, tokens
 
 
-def module(data_dir: Path, **kw) -> MedKorDataModule:
-    return MedKorDataModule(data_dir=str(data_dir), tokenizer_path=str(TOKENIZER), max_length=2048, **kw)
+def module(data_dir: Path, tokenizer: Path = TOKENIZER, **kw) -> MedKorDataModule:
+    return MedKorDataModule(data_dir=str(data_dir), tokenizer_path=str(tokenizer), max_length=2048, **kw)
 
 
-def warm_seconds(data_dir: Path) -> float:
+def warm_seconds(data_dir: Path, tokenizer: Path) -> float:
     start = time.perf_counter()
-    dm = module(data_dir)
+    dm = module(data_dir, tokenizer)
     dm.prepare_data()
     dm.setup("fit")
     return time.perf_counter() - start
@@ -104,6 +104,11 @@ def old_pipeline(path: Path, tokenizer, out: Path, content_tokens: int) -> dict:
     return {"cold_s": cold, "warm_s": warm, "text_tokens_lost": content_tokens - kept}
 
 
+def _shown(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cold-mb", type=float, default=10)
@@ -111,12 +116,13 @@ def main() -> None:
     parser.add_argument("--num-proc", type=int, default=None, help="tokenizer processes (default: every core)")
     parser.add_argument("--repeat", type=int, default=3, help="alternating raw/cold runs; the best of each is compared")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--tokenizer", type=Path, default=TOKENIZER, help="tokenizer folder (default: the demo base)")
     args = parser.parse_args()
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="medkor-bench-"))
-    report: dict = {"cpus": os.cpu_count(), "tokenizer": str(TOKENIZER.relative_to(ROOT))}
+    report: dict = {"cpus": os.cpu_count(), "tokenizer": _shown(args.tokenizer), "vocab": len(tokenizer)}
 
     cold_dir = work / f"cold-{args.cold_mb}"
     report["cold_docs"] = write_corpus(cold_dir / "train.jsonl", args.cold_mb)
@@ -127,7 +133,7 @@ def main() -> None:
         for name, num_proc in (("cold", args.num_proc), ("cold_one_process", 1)):
             shutil.rmtree(cold_dir / ".cache", ignore_errors=True)
             start = time.perf_counter()
-            result = module(cold_dir, num_proc=num_proc).prepare_caches()[0]
+            result = module(cold_dir, args.tokenizer, num_proc=num_proc).prepare_caches()[0]
             runs[name].append(time.perf_counter() - start)
     raw, cold, one = min(runs["raw"]), min(runs["cold"]), min(runs["cold_one_process"])
     report.update(
@@ -144,10 +150,10 @@ def main() -> None:
         folder = cold_dir if mb == args.cold_mb else work / f"warm-{mb}"
         if folder != cold_dir:
             write_corpus(folder / "train.jsonl", mb, seed=1)
-            module(folder, num_proc=args.num_proc).prepare_caches()
+            module(folder, args.tokenizer, num_proc=args.num_proc).prepare_caches()
         time.sleep(2.1)  # let the files age past the fingerprint memo's safety window
-        first = warm_seconds(folder)
-        steady = min(warm_seconds(folder) for _ in range(3))
+        first = warm_seconds(folder, args.tokenizer)
+        steady = min(warm_seconds(folder, args.tokenizer) for _ in range(3))
         report[f"warm_{mb}mb_first_s"] = round(first, 3)
         report[f"warm_{mb}mb_steady_s"] = round(steady, 3)
     if len(args.warm_mb) >= 2:
