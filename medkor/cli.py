@@ -122,7 +122,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         return
     if args[0] in COMMANDS:
         module = importlib.import_module(COMMANDS[args[0]][0])
-        sys.exit(module.main(args[1:]) or 0)
+        try:
+            code = module.main(args[1:]) or 0
+        except KeyboardInterrupt:  # Ctrl-C: the commands clean up on the way out; no traceback
+            print(f"medkor {args[0]}: interrupted", file=sys.stderr)
+            code = 130
+        sys.exit(code)
     MedKorCLI(
         MedGemmaModule,
         MedKorDataModule,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -111,6 +112,32 @@ def test_sigkilled_build_leaves_no_worker_processes(tmp_path, tokenizer_dir):
     while any(map(_alive, workers)) and time.time() < end:
         time.sleep(0.05)
     assert not any(map(_alive, workers)), "tokenizer workers outlived the killed build"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ctrl_c_stops_prepare_cleanly(tmp_path, tokenizer_dir):
+    data_dir = tmp_path / "data"
+    write_jsonl(data_dir / "train.jsonl", korean_docs(30000))
+    config = tmp_path / "run.yaml"
+    config.write_text(json.dumps({  # JSON is YAML
+        "model": {"model_name_or_path": str(ROOT / "medkor/assets/demo/tiny-gemma3"), "tokenizer_path": str(tokenizer_dir)},
+        "data": {"data_dir": str(data_dir), "max_length": 64, "num_proc": 2},
+    }))
+    proc = subprocess.Popen([sys.executable, "-m", "medkor", "prepare", "--config", str(config)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    workers: list[int] = []
+    end = time.time() + 60
+    while len(workers) < 2 and proc.poll() is None and time.time() < end:
+        workers = _children(proc.pid)
+        time.sleep(0.01)
+    assert len(workers) == 2, "the build finished or failed before its workers were seen"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "medkor prepare: interrupted" in err and "Traceback" not in err
+    assert not any(map(_alive, workers))
+    assert _published(data_dir / ".cache") == []
+    assert not [p for p in (data_dir / ".cache").iterdir() if p.name.startswith(".tmp-")]
 
 
 def test_two_builders_started_together_build_once(tmp_path, tokenizer_dir):
