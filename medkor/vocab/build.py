@@ -49,7 +49,7 @@ class ExtendConfig:
     terms: list[str] = field(default_factory=list)
     method: str = "both"
     min_frequency: int = 5
-    term_min_frequency: int = 1
+    term_min_frequency: int = 3  # terms seen once or twice crowd out frequent words (docs/benchmarks.md)
     text_field: str = "text"
     heldout: list[str] = field(default_factory=list)
     heldout_every: int = 10

@@ -85,7 +85,7 @@ def build_candidates(
     method: str,
     min_frequency: int,
     terms: list[str] | None = None,
-    term_min_frequency: int = 1,
+    term_min_frequency: int = 3,
     subword_vocab_size: int = 32000,
 ) -> list[Candidate]:
     """All acceptable candidates of `docs` (and `terms`): terms first, then by score.
