@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, ContextManager, Iterator, Literal, Optional, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Literal, Optional
 
 import torch
 
