@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import warnings
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -159,7 +160,11 @@ def ordered_map(function: ChunkEncoder, chunks: Iterable[LineChunk], workers: in
     pending: deque = deque()
     try:
         for chunk in chunks:
-            pending.append(pool.submit(_run_in_worker, chunk))
+            with warnings.catch_warnings():
+                # Python 3.12+ warns on fork in a threaded process; the workers only run the
+                # tokenizer and numpy, and take no lock another thread could hold
+                warnings.filterwarnings("ignore", message=".*fork", category=DeprecationWarning)
+                pending.append(pool.submit(_run_in_worker, chunk))
             if len(pending) >= workers * IN_FLIGHT_PER_WORKER:
                 yield pending.popleft().result()
         while pending:
