@@ -1,8 +1,8 @@
 """Tokenize the documents of a split into `<bos> document <eos>` tokens, on every core.
 
-The parent reads the files in chunks of whole lines and hands them to worker
-processes; each worker checks its lines, keeps the split's documents, tokenizes them
-with a single-threaded tokenizer and returns flat int32 arrays. Results come back in
+The parent cuts the files into spans of whole lines and hands them to worker
+processes; each worker reads its lines, checks them, keeps the split's documents,
+tokenizes them with a single-threaded tokenizer and returns flat int32 arrays. Results come back in
 file order, so errors, skips and `max_samples` mean exactly what they mean in one
 process, and the rows do not depend on the number of workers.
 
@@ -19,19 +19,18 @@ import multiprocessing
 import os
 import signal
 import sys
+import traceback
 import warnings
-from collections import deque
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from itertools import chain
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
 from medkor.data.sources import (
-    CHUNK_BYTES, LineChunk, ReadStats, Selection, check_file, no_records_error, parse_chunk, read_chunks,
+    CHUNK_BYTES, LineSpan, ReadStats, Selection, check_file, line_spans, no_records_error, parse_chunk, read_span,
 )
 
 IN_FLIGHT_PER_WORKER = 2  # chunks queued per worker: enough to never idle, little memory
@@ -72,7 +71,8 @@ class ChunkEncoder:
         self.bos = bos
         self.eos = eos
 
-    def __call__(self, chunk: LineChunk) -> EncodedChunk:
+    def __call__(self, span: LineSpan) -> EncodedChunk:
+        chunk = read_span(span)
         parsed = parse_chunk(chunk, self.selection.text_field)
         kept = [i for i, text in enumerate(parsed.texts) if self.selection.keeps(text)]
         texts = [parsed.texts[i] for i in kept]
@@ -118,9 +118,9 @@ def encode_split(
     for path in selection.files:
         check_file(path)
     workers = worker_count(num_proc, sum(path.stat().st_size for path in selection.files), chunk_bytes)
-    chunks = (chunk for path in selection.files for chunk in read_chunks(path, chunk_bytes))
+    spans = (span for path in selection.files for span in line_spans(path, chunk_bytes))
     encoder = ChunkEncoder(selection, backend, bos, eos)
-    results = ordered_map(encoder, chunks, workers)
+    results = ordered_map(encoder, spans, workers)
     records = {path: 0 for path in selection.files}
     kept, limit = 0, selection.max_samples
     try:
@@ -147,54 +147,122 @@ def encode_split(
             raise no_records_error(path)
 
 
-def ordered_map(function: ChunkEncoder, chunks: Iterable[LineChunk], workers: int) -> Iterator[EncodedChunk]:
-    """`map(function, chunks)` over `workers` processes, in order, with a bounded queue."""
+def ordered_map(function: ChunkEncoder, spans: Iterable[LineSpan], workers: int) -> Iterator[EncodedChunk]:
+    """`map(function, spans)` over `workers` processes, in order, with a bounded queue.
+
+    Each worker has its own pipe and reads its lines from the file itself, so the
+    parent only sends small span descriptions (a send never blocks) and a worker that
+    dies (killed, out of memory) shows up at once as the end of its pipe, never as a hang.
+    """
     if workers <= 1:
-        yield from map(function, chunks)
+        yield from map(function, spans)
         return
     # fork shares the loaded tokenizer with the workers at no cost; elsewhere it is pickled once each
     context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     saved = os.environ.get(PARALLELISM)
     os.environ[PARALLELISM] = "false"  # one core per worker; also no fork warning from tokenizers
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(function, os.getpid()))
-    pending: deque = deque()
+    processes: list[Any] = []
+    pipes: list[Any] = []
+    finished = False
     try:
-        for chunk in chunks:
+        for index in range(workers):
+            ours, theirs = context.Pipe()
+            process = context.Process(target=_worker_main, args=(function, theirs, os.getpid()),
+                                      name=f"medkor-tokenizer-{index}", daemon=True)
             with warnings.catch_warnings():
                 # Python 3.12+ warns on fork in a threaded process; the workers only run the
                 # tokenizer and numpy, and take no lock another thread could hold
                 warnings.filterwarnings("ignore", message=".*fork", category=DeprecationWarning)
-                pending.append(pool.submit(_run_in_worker, chunk))
-            if len(pending) >= workers * IN_FLIGHT_PER_WORKER:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    except BrokenProcessPool as err:
-        raise RuntimeError(
-            f"a tokenizer worker process died ({err}); if it ran out of memory, lower data.num_proc"
-        ) from None
+                process.start()
+            theirs.close()  # before the next fork: the worker alone holds its end
+            processes.append(process)
+            pipes.append(ours)
+        yield from _dispatch(iter(spans), processes, pipes)
+        finished = True
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        for process, pipe in zip(processes, pipes):
+            if finished:
+                try:
+                    pipe.send(None)  # done: the worker returns
+                except OSError:
+                    pass
+            else:
+                process.kill()  # an error or Ctrl-C: nothing the workers do is needed any more
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        for pipe in pipes:
+            pipe.close()
         if saved is None:
             os.environ.pop(PARALLELISM, None)
         else:
             os.environ[PARALLELISM] = saved
 
 
-_WORKER_FUNCTION: Optional[ChunkEncoder] = None
+def _dispatch(spans: Iterator[LineSpan], processes: list[Any], pipes: list[Any]) -> Iterator[EncodedChunk]:
+    """Keep every worker busy, at most IN_FLIGHT_PER_WORKER spans each; yield results in order."""
+    limit = len(pipes) * IN_FLIGHT_PER_WORKER
+    busy = [0] * len(pipes)
+    ready: dict[int, EncodedChunk] = {}
+    sent = done = 0
+    exhausted = False
+    while True:
+        for index, pipe in enumerate(pipes):
+            while not exhausted and busy[index] < IN_FLIGHT_PER_WORKER and sent - done < limit:
+                span = next(spans, None)
+                if span is None:
+                    exhausted = True
+                    break
+                pipe.send((sent, span))
+                busy[index] += 1
+                sent += 1
+        if done == sent:
+            return
+        while done not in ready:
+            for pipe in wait([pipe for index, pipe in enumerate(pipes) if busy[index]]):
+                index = pipes.index(pipe)
+                try:
+                    number, ok, payload = pipe.recv()
+                except (EOFError, OSError):  # the worker's end closed: it died
+                    code = processes[index].exitcode
+                    processes[index].join(timeout=1)
+                    code = processes[index].exitcode if code is None else code
+                    raise RuntimeError(
+                        f"tokenizer worker {index} died (exit code {code}); if it was killed for memory, "
+                        "lower data.num_proc"
+                    ) from None
+                busy[index] -= 1
+                if not ok:
+                    raise RuntimeError(f"tokenizer worker {index} failed:\n{payload}")
+                ready[number] = payload
+        yield ready.pop(done)
+        done += 1
 
 
-def _start_worker(function: ChunkEncoder, parent_pid: int) -> None:
-    global _WORKER_FUNCTION
-    _WORKER_FUNCTION = function
+def _worker_main(function: ChunkEncoder, pipe: Any, parent_pid: int) -> None:
     os.environ[PARALLELISM] = "false"
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops the pool
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops the workers
     _exit_with_parent(parent_pid)
+    while True:
+        try:
+            message = pipe.recv()
+        except EOFError:
+            return
+        if message is None:
+            return
+        number, span = message
+        try:
+            reply = (number, True, function(span))
+        except BaseException:
+            reply = (number, False, traceback.format_exc())
+        pipe.send(reply)
 
 
 def _exit_with_parent(parent_pid: int) -> None:
     """Have the kernel kill this worker when the parent dies (Linux), so a SIGKILLed build
-    leaves no orphan processes; the pool's own pipes cannot tell them, forked workers share them."""
+    leaves no orphan processes."""
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -202,8 +270,3 @@ def _exit_with_parent(parent_pid: int) -> None:
             pass
     if os.getppid() != parent_pid:  # the parent died before the request took effect
         os._exit(1)
-
-
-def _run_in_worker(chunk: LineChunk) -> EncodedChunk:
-    assert _WORKER_FUNCTION is not None, "worker not initialised"
-    return _WORKER_FUNCTION(chunk)

@@ -153,6 +153,16 @@ def parse_line(raw: bytes, text_field: str) -> tuple[Optional[str], Optional[str
 
 
 @dataclass
+class LineSpan:
+    """Where a chunk of whole lines lies in a file: small enough to send to a worker."""
+
+    path: Path
+    offset: int  # bytes
+    length: int  # bytes
+    first_line: int  # 1-based number of the first line
+
+
+@dataclass
 class LineChunk:
     """Consecutive raw lines of one file; `first_line` is the 1-based number of the first."""
 
@@ -170,13 +180,37 @@ class ParsedChunk:
     problems: list[tuple[int, str]]  # (line, what is wrong and what to do)
 
 
+def line_spans(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[LineSpan]:
+    """The file cut into spans of whole lines of about `chunk_bytes` each (a longer line is one span)."""
+    offset, first = 0, 1
+    pending: list[bytes] = []  # read since `offset`, no newline in it yet
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk_bytes):
+            cut = block.rfind(b"\n") + 1
+            if cut == 0:
+                pending.append(block)
+                continue
+            size = sum(map(len, pending)) + cut
+            yield LineSpan(path, offset, size, first)
+            offset, first = offset + size, first + block.count(b"\n", 0, cut)
+            pending = [block[cut:]] if cut < len(block) else []
+    if pending:
+        yield LineSpan(path, offset, sum(map(len, pending)), first)
+
+
+def read_span(span: LineSpan) -> LineChunk:
+    """The lines of a span (split on \\n only, as iterating over the file does)."""
+    with open(span.path, "rb") as handle:
+        handle.seek(span.offset)
+        data = handle.read(span.length)
+    parts = data.split(b"\n")
+    lines = [part + b"\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+    return LineChunk(span.path, span.first_line, lines)
+
+
 def read_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[LineChunk]:
     """The file as chunks of whole lines of about `chunk_bytes` each, in order."""
-    with open(path, "rb") as handle:
-        first = 1
-        while lines := handle.readlines(chunk_bytes):
-            yield LineChunk(path, first, lines)
-            first += len(lines)
+    return map(read_span, line_spans(path, chunk_bytes))
 
 
 def parse_chunk(chunk: LineChunk, text_field: str) -> ParsedChunk:

@@ -116,3 +116,33 @@ def test_with_bos_eos_frames_every_document(tokenizer):
     assert list(values) == [2, *encodings[0].ids, 1, 2, *encodings[1].ids, 1]
     empty_values, empty_lengths = with_bos_eos([], 2, 1)
     assert len(empty_values) == 0 and len(empty_lengths) == 0
+
+
+def test_a_dying_worker_is_an_error_not_a_hang(files, tokenizer, monkeypatch):
+    import os
+
+    from medkor.data import encode
+
+    real = encode.parse_chunk
+
+    def dies_on_a_late_chunk(chunk, text_field):
+        if chunk.first_line > 20:
+            os._exit(9)  # as if killed; runs in a forked worker, never in this process
+        return real(chunk, text_field)
+
+    monkeypatch.setattr(encode, "parse_chunk", dies_on_a_late_chunk)
+    paths, _ = files
+    with pytest.raises(RuntimeError, match=r"tokenizer worker \d died \(exit code 9\)"):
+        _encode(Selection(files=paths), tokenizer, 2)
+
+
+def test_a_failing_worker_reports_its_traceback(files, tokenizer, monkeypatch):
+    from medkor.data import encode
+
+    def broken(chunk, text_field):
+        raise ArithmeticError("tokenizer exploded")
+
+    monkeypatch.setattr(encode, "parse_chunk", broken)
+    paths, _ = files
+    with pytest.raises(RuntimeError, match=r"(?s)tokenizer worker \d failed:.*ArithmeticError: tokenizer exploded"):
+        _encode(Selection(files=paths), tokenizer, 2)
