@@ -39,7 +39,7 @@ def main(argv: list[str]) -> int:
         module = MedKorDataModule(**_data_args(config))
         for result in module.prepare_caches():
             print(json.dumps(result.summary(), ensure_ascii=False), flush=True)
-    except (DataError, CacheError, ValueError, OSError) as err:
+    except (DataError, CacheError, ValueError, OSError, RuntimeError) as err:
         print(f"medkor prepare: error: {err}", file=sys.stderr)
         return 1
     return 0

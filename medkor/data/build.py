@@ -41,6 +41,17 @@ def special_ids(tokenizer: Any) -> tuple[int, int, int]:
     return int(bos), int(eos), int(pad)
 
 
+def whole_documents(tokenizer: Any) -> Any:
+    """A copy of the Rust tokenizer without the truncation or padding its tokenizer.json
+    may carry: either would silently cut or pad every cached document."""
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_truncation()
+    backend.no_padding()
+    return backend
+
+
 def build_split(
     selection: Selection,
     tokenizer: Any,
@@ -57,7 +68,7 @@ def build_split(
     packer = Packer(max_length, packing)
     expected = 0
     with tqdm(desc=f"Tokenizing {split}", unit=" docs") as progress:
-        encoded = encode_split(selection, tokenizer.backend_tokenizer, bos, eos, num_proc, read, progress.update)
+        encoded = encode_split(selection, whole_documents(tokenizer), bos, eos, num_proc, read, progress.update)
 
         def batches():
             nonlocal expected

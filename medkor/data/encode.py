@@ -8,8 +8,8 @@ process, and the rows do not depend on the number of workers.
 
 Processes rather than the tokenizer's own threads: in one process the Python side
 (JSON, turning id lists into arrays) competes with the Rust threads for the same
-cores, which cost about 1.4x the raw tokenizer time against about 1.1x for one
-single-threaded tokenizer per core (docs/benchmarks.md).
+cores; on 2 cores the two measured 1.2-1.45x and 1.1-1.25x the raw tokenizer time
+(docs/benchmarks.md), and only processes keep scaling with the core count.
 """
 
 from __future__ import annotations

@@ -207,3 +207,19 @@ def test_warm_load_does_not_import_pandas(data_dir, tokenizer_dir):
     proc = subprocess.run([sys.executable, "-c", code, str(result.path / "rows.arrow")], cwd=root,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_truncation_or_padding_in_tokenizer_json_never_cuts_documents(data_dir, tokenizer_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    state = json.loads((tokenizer_dir / "tokenizer.json").read_text())
+    state["truncation"] = {"direction": "Right", "max_length": 4, "strategy": "LongestFirst", "stride": 0}
+    state["padding"] = {"strategy": {"Fixed": 64}, "direction": "Right", "pad_to_multiple_of": None,
+                        "pad_id": 0, "pad_type_id": 0, "pad_token": "<pad>"}
+    clipped = tmp_path / "clipped"
+    shutil.copytree(tokenizer_dir, clipped)
+    (clipped / "tokenizer.json").write_text(json.dumps(state))
+    result = ensure_cache(_request(data_dir, clipped))
+    texts = [json.loads(line)["text"] for line in (data_dir / "train.jsonl").read_text().splitlines()]
+    assert result.tokens == sum(len(tok(t, add_special_tokens=False)["input_ids"]) + 2 for t in texts)
