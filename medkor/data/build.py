@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
 from medkor.data.encode import encode_split
@@ -44,8 +45,6 @@ def special_ids(tokenizer: Any) -> tuple[int, int, int]:
 def whole_documents(tokenizer: Any) -> Any:
     """A copy of the Rust tokenizer without the truncation or padding its tokenizer.json
     may carry: either would silently cut or pad every cached document."""
-    from tokenizers import Tokenizer
-
     backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
     backend.no_truncation()
     backend.no_padding()

@@ -242,7 +242,6 @@ def _dispatch(spans: Iterator[LineSpan], processes: list[Any], pipes: list[Any])
 
 
 def _worker_main(function: ChunkEncoder, pipe: Any, parent_pid: int) -> None:
-    os.environ[PARALLELISM] = "false"
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops the workers
     _exit_with_parent(parent_pid)
     while True:

@@ -208,11 +208,6 @@ def read_span(span: LineSpan) -> LineChunk:
     return LineChunk(span.path, span.first_line, lines)
 
 
-def read_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[LineChunk]:
-    """The file as chunks of whole lines of about `chunk_bytes` each, in order."""
-    return map(read_span, line_spans(path, chunk_bytes))
-
-
 def parse_chunk(chunk: LineChunk, text_field: str) -> ParsedChunk:
     """Check every line of a chunk (`parse_line`); blank lines are neither kept nor bad."""
     parsed = ParsedChunk([], [], [])

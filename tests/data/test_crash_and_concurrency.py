@@ -95,17 +95,22 @@ def _alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"  # a zombie has exited, only not yet been reaped
 
 
+def _wait_for_workers(proc: subprocess.Popen, count: int) -> list[int]:
+    workers: list[int] = []
+    end = time.time() + 60
+    while len(workers) < count and proc.poll() is None and time.time() < end:
+        workers = _children(proc.pid)
+        time.sleep(0.01)
+    assert len(workers) == count, "the build finished or failed before its workers were seen"
+    return workers
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; workers die with their parent on Linux")
 def test_sigkilled_build_leaves_no_worker_processes(tmp_path, tokenizer_dir):
     data_dir = tmp_path / "data"
     write_jsonl(data_dir / "train.jsonl", korean_docs(30000))  # several chunks: two workers
     proc = _start(data_dir, tokenizer_dir, num_proc=2)
-    workers: list[int] = []
-    end = time.time() + 60
-    while len(workers) < 2 and proc.poll() is None and time.time() < end:
-        workers = _children(proc.pid)
-        time.sleep(0.01)
-    assert len(workers) == 2, "the build finished or failed before its workers were seen"
+    workers = _wait_for_workers(proc, 2)
     proc.kill()
     proc.wait()
     end = time.time() + 5
@@ -126,12 +131,7 @@ def test_ctrl_c_stops_prepare_cleanly(tmp_path, tokenizer_dir):
     proc = subprocess.Popen([sys.executable, "-m", "medkor", "prepare", "--config", str(config)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    workers: list[int] = []
-    end = time.time() + 60
-    while len(workers) < 2 and proc.poll() is None and time.time() < end:
-        workers = _children(proc.pid)
-        time.sleep(0.01)
-    assert len(workers) == 2, "the build finished or failed before its workers were seen"
+    workers = _wait_for_workers(proc, 2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "medkor prepare: interrupted" in err and "Traceback" not in err

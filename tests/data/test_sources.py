@@ -5,9 +5,13 @@ from __future__ import annotations
 import pytest
 
 from medkor.data.sources import (
-    DataError, ReadStats, Selection, check_file, parse_chunk, read_chunks, require_train_files, split_files,
+    DataError, ReadStats, Selection, check_file, line_spans, parse_chunk, read_span, require_train_files, split_files,
 )
 from tests.data.conftest import write_jsonl
+
+
+def read_chunks(path, chunk_bytes=1 << 20):
+    return map(read_span, line_spans(path, chunk_bytes))
 
 
 def _problems(path, text_field="text"):
