@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
 
 from medkor.eval.distributed import gather_objects, max_over_ranks, sync_counts
 from medkor.eval.kormedmcqa import EvalSettings, KorMedMCQAEvaluator, Scoring
@@ -15,6 +16,7 @@ from medkor.eval.predictions import (
     METRIC_PREFIX,
     accuracy_metrics,
     count_correct,
+    count_nonfinite,
     evaluation_entry,
     predictions_filename,
     sort_records,
@@ -30,8 +32,10 @@ class KorMedMCQAEval(Callback):
 
     Uses ``pl_module.model`` (a Hugging Face causal LM, possibly peft-wrapped) and
     ``pl_module.tokenizer``. Logs ``kormedmcqa/acc``, ``kormedmcqa/<subset>/acc`` and
-    ``kormedmcqa/seconds``; writes ``<run>/kormedmcqa/<stage>-epoch<E>-step<S>.jsonl`` (one object
-    per question) and ``<run>/kormedmcqa/summary.json`` (see ``docs/kormedmcqa.md``).
+    ``kormedmcqa/seconds`` and ``kormedmcqa/nonfinite`` (questions whose letter log-probabilities
+    are not all finite; when any is, that evaluation logs no accuracy); writes
+    ``<run>/kormedmcqa/<stage>-epoch<E>-step<S>.jsonl`` (one object per question) and
+    ``<run>/kormedmcqa/summary.json`` (see ``docs/kormedmcqa.md``).
 
     Args:
         source: Hub id (``sean0042/KorMedMCQA``) or a local folder ``DIR/<subset>/<split>.jsonl``
@@ -154,13 +158,28 @@ class KorMedMCQAEval(Callback):
             forward_context=trainer.precision_plugin.forward_context,
         )
         subsets = self.evaluator.subsets
-        counts = sync_counts(count_correct(records, subsets), device=pl_module.device)
+        # one sync for both: correct/total and non-finite/total per subset
+        nonfinite_keys = {f"nonfinite/{subset}": subset for subset in subsets}
+        local = count_correct(records, subsets)
+        local_nonfinite = count_nonfinite(records, subsets)
+        synced = sync_counts(
+            {**local, **{key: (local_nonfinite[s], local[s][1]) for key, s in nonfinite_keys.items()}},
+            device=pl_module.device,
+        )
+        counts = {subset: synced[subset] for subset in subsets}
+        nonfinite = {subset: synced[key][0] for key, subset in nonfinite_keys.items()}
         gathered = gather_objects(records) if self.write_predictions else []
         seconds = max_over_ranks(time.perf_counter() - start, device=pl_module.device)
 
         epoch, step = trainer.current_epoch, trainer.global_step
         name = predictions_filename(stage, epoch, step) if self.write_predictions else None
-        entry = evaluation_entry(stage, epoch, step, counts, seconds, name)
+        entry = evaluation_entry(stage, epoch, step, counts, seconds, name, nonfinite=nonfinite)
+        if entry["nonfinite"]:
+            rank_zero_info(
+                f"[medkor] KorMedMCQA at step {step}: {entry['nonfinite']} of {entry['total']} questions have "
+                "non-finite logits; no accuracy reported - the model has diverged (see NonFiniteGuard / lower "
+                "the learning rate)"
+            )
         if stage == "baseline":
             self.baseline = entry
         else:
@@ -186,8 +205,12 @@ class KorMedMCQAEval(Callback):
 
     @staticmethod
     def _entry_metrics(entry: dict[str, Any]) -> dict[str, float]:
+        nonfinite = int(entry.get("nonfinite") or 0)  # entries of older checkpoints have none
+        extra = {f"{METRIC_PREFIX}/nonfinite": float(nonfinite), f"{METRIC_PREFIX}/seconds": float(entry["seconds"])}
+        if nonfinite:  # a diverged model: no accuracy at all, not even for subsets that happen to be finite
+            return extra
         counts = {subset: (v["correct"], v["total"]) for subset, v in entry["subsets"].items()}
-        return {**accuracy_metrics(counts), f"{METRIC_PREFIX}/seconds": float(entry["seconds"])}
+        return {**accuracy_metrics(counts), **extra}
 
     @staticmethod
     def _log_direct(trainer: pl.Trainer, metrics: dict[str, float], step: int) -> None:

@@ -15,6 +15,7 @@ from typing import Optional
 
 Series = dict[str, list[tuple[int, float]]]
 ACC_PREFIX = "kormedmcqa/"
+NONFINITE = "kormedmcqa/nonfinite"
 
 
 class PlotError(ValueError):
@@ -64,6 +65,8 @@ def _baseline(run_dir: Path, accuracy: list[tuple[int, float]]) -> Optional[tupl
     try:
         baseline = json.loads(summary.read_text(encoding="utf-8")).get("baseline")
         if baseline:
+            if baseline.get("acc") is None:  # non-finite logits at the baseline: there is no baseline accuracy
+                return None
             return int(baseline["step"]), float(baseline["acc"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
@@ -72,6 +75,9 @@ def _baseline(run_dir: Path, accuracy: list[tuple[int, float]]) -> Optional[tupl
 
 def plot_run(run: str | Path, out: str | Path | None = None) -> Path:
     """Draw losses (top) and KorMedMCQA accuracy (bottom) of a run; returns the PNG path.
+
+    Evaluations with non-finite logits (``kormedmcqa/nonfinite`` > 0) have no accuracy; they are
+    drawn as red dotted lines at their steps.
 
     Args:
         run: run folder holding ``metrics.csv`` (or the CSV itself).
@@ -86,7 +92,9 @@ def plot_run(run: str | Path, out: str | Path | None = None) -> Path:
     if not losses:  # fall back to the epoch aggregates when only those were logged
         losses = {k: v for k, v in series.items() if "loss" in k}
     accuracy = {k: v for k, v in series.items() if k.startswith(ACC_PREFIX) and k.endswith("/acc")}
-    if not losses and not accuracy:
+    # evaluations with non-finite logits log no accuracy, only this count: mark them instead of a point
+    diverged = [step for step, count in series.get(NONFINITE, []) if count > 0]
+    if not losses and not accuracy and not diverged:
         raise PlotError(f"{metrics_path}: no loss or kormedmcqa/*acc columns to plot yet")
 
     figure = Figure(figsize=(10, 8), constrained_layout=True)
@@ -112,6 +120,9 @@ def plot_run(run: str | Path, out: str | Path | None = None) -> Path:
         bottom.axhline(baseline[1], color="grey", linestyle="--", linewidth=1)
         bottom.plot([baseline[0]], [baseline[1]], marker="*", markersize=14, color="red", linestyle="none",
                     label=f"baseline {baseline[1]:.3f}")
+    for k, step in enumerate(diverged):
+        bottom.axvline(step, color="red", linestyle=":", linewidth=1.5,
+                       label="non-finite logits (no accuracy)" if k == 0 else None)
     bottom.axhline(0.2, color="lightgrey", linestyle=":", linewidth=1, label="chance (0.2)")
     bottom.set_xlabel("optimizer step")
     bottom.set_ylabel("KorMedMCQA accuracy")

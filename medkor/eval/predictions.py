@@ -7,6 +7,7 @@ renamed, so a reader (or a crash) never sees half a file.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -24,14 +25,21 @@ def _base_record(item: EncodedQuestion) -> dict[str, Any]:
 
 
 def logprob_records(encoded: Sequence[EncodedQuestion], scores: Sequence[Sequence[float]]) -> list[dict[str, Any]]:
-    """One record per question: ``pred`` is the letter of the highest log-probability (first on ties)."""
+    """One record per question: ``pred`` is the letter of the highest log-probability (first on ties).
+
+    A question whose five log-probabilities are not all finite (a diverged model) has ``pred``
+    ``None``, ``correct`` false and ``finite`` false; it makes the evaluation report no accuracy.
+    """
     records = []
     for item, row in zip(encoded, scores, strict=True):
+        finite = all(math.isfinite(x) for x in row)
         best = max(range(len(LETTERS)), key=lambda k: (row[k], -k))
+        pred = LETTERS[best] if finite else None
         record = _base_record(item)
         record.update(
-            pred=LETTERS[best],
-            correct=LETTERS[best] == item.question.answer,
+            pred=pred,
+            correct=pred == item.question.answer,
+            finite=finite,
             logprobs=dict(zip(LETTERS, (float(x) for x in row))),
             letter_ids=dict(zip(LETTERS, item.letter_ids)),
             prompt=item.prompt,
@@ -67,6 +75,15 @@ def count_correct(records: Sequence[Mapping[str, Any]], subsets: Sequence[str]) 
         pair[0] += int(bool(record["correct"]))
         pair[1] += 1
     return {subset: (c, t) for subset, (c, t) in counts.items()}
+
+
+def count_nonfinite(records: Sequence[Mapping[str, Any]], subsets: Sequence[str]) -> dict[str, int]:
+    """``subset -> questions whose log-probabilities were not all finite`` (every subset present)."""
+    counts = {subset: 0 for subset in subsets}
+    for record in records:
+        if record.get("finite", True) is False:
+            counts[record["subset"]] += 1
+    return counts
 
 
 def accuracy_metrics(counts: Mapping[str, tuple[int, int]]) -> dict[str, float]:
@@ -111,35 +128,47 @@ def evaluation_entry(
     counts: Mapping[str, tuple[int, int]],
     seconds: float,
     predictions: Optional[str],
+    nonfinite: Optional[Mapping[str, int]] = None,
 ) -> dict[str, Any]:
-    """One evaluation as stored in the summary and the callback's checkpoint state."""
+    """One evaluation as stored in the summary and the callback's checkpoint state.
+
+    ``nonfinite`` (subset -> questions with non-finite log-probabilities): when any is non-zero,
+    every ``acc`` of the entry is ``None`` (no accuracy of a diverged model is reported).
+    """
     metrics = accuracy_metrics(counts)
+    nonfinite = {subset: int((nonfinite or {}).get(subset, 0)) for subset in counts}
+    diverged = any(nonfinite.values())
     return {
         "stage": stage,
         "epoch": epoch,
         "step": step,
-        "acc": metrics[f"{METRIC_PREFIX}/acc"],
+        "acc": None if diverged else metrics[f"{METRIC_PREFIX}/acc"],
         "subsets": {
-            subset: {"acc": metrics[f"{METRIC_PREFIX}/{subset}/acc"], "correct": c, "total": t}
+            subset: {"acc": None if diverged else metrics[f"{METRIC_PREFIX}/{subset}/acc"], "correct": c, "total": t,
+                     "nonfinite": nonfinite[subset]}
             for subset, (c, t) in counts.items()
         },
         "correct": sum(c for c, _ in counts.values()),
         "total": sum(t for _, t in counts.values()),
+        "nonfinite": sum(nonfinite.values()),
         "seconds": seconds,
         "predictions": predictions,
     }
 
 
 def with_change(entry: Mapping[str, Any], baseline: Optional[Mapping[str, Any]]) -> dict[str, Any]:
-    """The entry plus ``change`` (accuracy minus the baseline's, overall and per subset)."""
+    """The entry plus ``change`` (accuracy minus the baseline's, overall and per subset).
+
+    ``change`` is ``None`` without a baseline or when either accuracy is ``None`` (non-finite).
+    """
     out = dict(entry)
-    if baseline is None:
+    if baseline is None or entry["acc"] is None or baseline["acc"] is None:
         out["change"] = None
         return out
     per_subset = {
         subset: value["acc"] - baseline["subsets"][subset]["acc"]
         for subset, value in entry["subsets"].items()
-        if subset in baseline["subsets"]
+        if subset in baseline["subsets"] and baseline["subsets"][subset]["acc"] is not None
     }
     out["change"] = {"acc": entry["acc"] - baseline["acc"], "subsets": per_subset}
     return out
