@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import math
-from typing import Any, Optional
+import os
+from contextlib import contextmanager
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Iterator, Optional, get_args
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
-from medkor.model.build import build_model
+from medkor.model.build import BASE_VOCAB_KEY, BuiltModel, build_model
 from medkor.model.embeddings import NewTokenInit, OutputInit
 from medkor.model.inputs import attention_inputs, mask_padding_labels
-from medkor.model.loading import text_config
+from medkor.model.loading import DTYPES, text_config
 from medkor.model.loss import chunked_cross_entropy
 from medkor.model.optim import build_optimizer, build_scheduler, param_groups, warmup_steps_for
-from medkor.model.policies import LoraOptions, Trainable, trainable_summary
+from medkor.model.policies import POLICIES, LoraOptions, Trainable, trainable_summary
 from medkor.model.throughput import ThroughputMeter, flops_per_token, peak_tflops_for
 
 TRAINABLE_ONLY_KEY = "medkor_trainable_only"
@@ -23,6 +29,9 @@ TRAINABLE_ONLY_KEY = "medkor_trainable_only"
 
 class MedGemmaModule(LightningModule):
     """MedGemma / Gemma 3 with extended Korean embeddings, trained on text.
+
+    Construction checks the options and loads nothing; `configure_model` (Lightning
+    calls it on every rank) or the first use of `model` or `tokenizer` builds it.
 
     Args:
         model_name_or_path: hub id or local folder of a Gemma 3 checkpoint (text-only
@@ -40,7 +49,7 @@ class MedGemmaModule(LightningModule):
             multiple (64 suits tensor cores); null for no rounding.
         trainable: what trains: `new_embeddings` (only rows of new tokens),
             `embeddings` (whole embedding and untied head), `embeddings+lora`,
-            `lora`, or `full`. A vision tower never trains.
+            `lora`, or `full`. A vision tower never trains. FSDP refuses `new_embeddings`.
         lora: LoRA options for the LoRA policies (rank, alpha, dropout, target modules).
         learning_rate: peak learning rate of the non-embedding parameters.
         embedding_learning_rate: peak learning rate of the embedding (and untied head);
@@ -55,6 +64,7 @@ class MedGemmaModule(LightningModule):
         attn_implementation: `sdpa`, `eager`, `flash_attention_2` or `flex_attention`.
         torch_dtype: weight dtype: `float32`, `bfloat16`, `float16` or `auto`. With a half
             dtype the trainable parameters stay float32; train with `bf16-mixed` precision.
+            Under FSDP only `float32` (FSDP itself computes in bfloat16 under `bf16-mixed`).
         trust_remote_code: allow model/tokenizer code from the checkpoint's repository.
         loss_chunk_size: positions per chunk of the cross-entropy; peak logits memory is
             this many rows of the vocabulary instead of all tokens.
@@ -91,34 +101,123 @@ class MedGemmaModule(LightningModule):
         super().__init__()
         if isinstance(lora, dict):
             lora = LoraOptions(**lora)
-        self.save_hyperparameters()
-        built = build_model(
-            model_name_or_path,
-            tokenizer_path,
-            new_token_init=new_token_init,
-            untied_output_init=untied_output_init,
-            pad_vocab_to_multiple_of=pad_vocab_to_multiple_of,
-            trainable=trainable,
-            lora=lora,
-            gradient_checkpointing=gradient_checkpointing,
-            attn_implementation=attn_implementation,
-            torch_dtype=torch_dtype,
-            trust_remote_code=trust_remote_code,
+        check_options(
+            model_name_or_path=model_name_or_path, tokenizer_path=tokenizer_path, new_token_init=new_token_init,
+            untied_output_init=untied_output_init, pad_vocab_to_multiple_of=pad_vocab_to_multiple_of,
+            trainable=trainable, lora=lora, learning_rate=learning_rate,
+            embedding_learning_rate=embedding_learning_rate, weight_decay=weight_decay, warmup_steps=warmup_steps,
+            warmup_ratio=warmup_ratio, min_learning_rate=min_learning_rate, adam_betas=adam_betas,
+            torch_dtype=torch_dtype, loss_chunk_size=loss_chunk_size, peak_tflops=peak_tflops,
         )
-        self.model = built.model
-        self.model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes as found
-        self.tokenizer = built.tokenizer
-        self.embedding_plan = built.plan
-        self._policy = built.policy
+        self.save_hyperparameters()
+        self._built: Optional[BuiltModel] = None
         self._throughput = ThroughputMeter()
-        self.trainable_summary = trainable_summary(self.model)
-        rank_zero_info(self.trainable_summary)
+
+    # ---- building -----------------------------------------------------------
+    def configure_model(self) -> None:
+        """Load, grow and set up the model, once.
+
+        Lightning calls this on every rank under the strategy's init context, before
+        restoring a checkpoint and before wrapping (DDP, FSDP). Later calls (fit, then
+        validate) return at once. Used without a Trainer (scripts, `medkor export`), the
+        first use of `model`, `tokenizer`, `embedding_plan` or `trainable_summary`
+        builds it.
+        """
+        if self._built is not None:
+            return
+        hp = self.hparams
+        built = build_model(
+            hp.model_name_or_path,
+            hp.tokenizer_path,
+            new_token_init=hp.new_token_init,
+            untied_output_init=hp.untied_output_init,
+            pad_vocab_to_multiple_of=hp.pad_vocab_to_multiple_of,
+            trainable=hp.trainable,
+            lora=hp.lora,
+            gradient_checkpointing=hp.gradient_checkpointing,
+            attn_implementation=hp.attn_implementation,
+            torch_dtype=hp.torch_dtype,
+            trust_remote_code=hp.trust_remote_code,
+        )
+        built.model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes as found
+        self._modules["model"] = built.model  # a submodule, as `self.model = ...` would make it; read by `model`
+        # Taken now, before a strategy wraps the model: FSDP turns every parameter into a
+        # 1-D shard of a flat buffer, so shapes (decay or not) and counts must be read first.
+        self._param_groups = param_groups(
+            built.model,
+            learning_rate=hp.learning_rate,
+            weight_decay=hp.weight_decay,
+            embedding_params=built.policy.embedding_params,
+            embedding_learning_rate=hp.embedding_learning_rate,
+            decay_exempt=built.policy.decay_exempt,
+        )
+        self._summary = trainable_summary(built.model)
+        self._mfu_params = _matmul_parameters(_unwrapped(built.model))
+        self._built = built
+        rank_zero_info(self._summary)
+
+    def setup(self, stage: str) -> None:
+        if isinstance(self.trainer.strategy, FSDPStrategy):
+            problem = fsdp_problem(self.hparams, training=stage == "fit")
+            if problem:
+                raise ValueError(problem)
+
+    def _parts(self) -> BuiltModel:
+        if self._built is None:
+            try:
+                self.configure_model()
+            except AttributeError as err:  # would read as "no attribute 'model'" from a property
+                raise RuntimeError(f"building the model failed: {err}") from err
+        return self._built
 
     # ---- model access -------------------------------------------------------
     @property
+    def model(self) -> torch.nn.Module:
+        """The model being trained: a transformers causal LM, peft-wrapped for LoRA policies."""
+        self._parts()
+        return self._modules["model"]
+
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer the model trains with (extended or the checkpoint's own)."""
+        return self._parts().tokenizer
+
+    @property
+    def embedding_plan(self) -> Any:
+        """Which embedding rows are old, new and padding (`medkor.model.embeddings.EmbeddingPlan`)."""
+        return self._parts().plan
+
+    @property
+    def _policy(self) -> Any:
+        return self._parts().policy
+
+    @property
+    def trainable_summary(self) -> str:
+        """`Trainable params: 1,528,110,080 (26.10%)`, counted before any sharding."""
+        self._parts()
+        return self._summary
+
+    @property
     def hf_model(self) -> torch.nn.Module:
         """The transformers model (inside the peft wrapper, if any)."""
-        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return _unwrapped(self.model)
+
+    @contextmanager
+    def unsharded(self) -> Iterator[torch.nn.Module]:
+        """`model` with whole parameters on this rank, for calls outside the training steps.
+
+        Under FSDP the parameters outside a step are flat 1-D shards, so calling `model`
+        directly (evaluation, generation) fails; inside this block each rank holds the
+        full weights (read-only; memory of the whole model). Elsewhere it is just `model`.
+        """
+        root = self._trainer.model if self._trainer is not None else None
+        if not _is_fsdp_module(root):
+            yield self.model
+            return
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        with FullyShardedDataParallel.summon_full_params(root, writeback=False):
+            yield self.model
 
     def forward(
         self,
@@ -181,14 +280,9 @@ class MedGemmaModule(LightningModule):
     # ---- optimisation -------------------------------------------------------
     def configure_optimizers(self) -> dict:
         hp = self.hparams
-        groups = param_groups(
-            self.model,
-            learning_rate=hp.learning_rate,
-            weight_decay=hp.weight_decay,
-            embedding_params=self._policy.embedding_params,
-            embedding_learning_rate=hp.embedding_learning_rate,
-            decay_exempt=self._policy.decay_exempt,
-        )
+        self._parts()
+        # Fresh dicts each time: an optimizer keeps (and its scheduler edits) the dicts it gets.
+        groups = [dict(group, params=list(group["params"])) for group in self._param_groups]
         optimizer = build_optimizer(groups, betas=tuple(hp.adam_betas))
         total = self.trainer.estimated_stepping_batches
         total = int(total) if math.isfinite(total) else 10**12  # no end known: cosine never decays
@@ -211,18 +305,13 @@ class MedGemmaModule(LightningModule):
         peak = self.hparams.peak_tflops or peak_tflops_for(torch.cuda.get_device_name(self.device))
         if not peak:
             return None
-        config = text_config(self.hf_model)
-        decoder = self.hf_model.base_model
-        embed = self.hf_model.get_input_embeddings().weight
-        language = getattr(decoder, "language_model", decoder)
-        n = sum(p.numel() for p in language.parameters()) - embed.numel()
-        n += self.hf_model.get_output_embeddings().weight.numel()
-        achieved = tokens_per_sec * flops_per_token(config, n, seq_len)
+        achieved = tokens_per_sec * flops_per_token(text_config(self.hf_model), self._mfu_params, seq_len)
         return achieved / (peak * 1e12 * self.trainer.world_size)
 
     # ---- checkpoints --------------------------------------------------------
     def trainable_state_keys(self) -> set[str]:
         """State-dict keys of trainable parameters (tied names included)."""
+        self.configure_model()
         return {
             key
             for key, value in self.state_dict(keep_vars=True).items()
@@ -237,6 +326,7 @@ class MedGemmaModule(LightningModule):
         checkpoint[TRAINABLE_ONLY_KEY] = True
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.configure_model()  # a Trainer has built it already; `medkor export` and scripts may not have
         if not checkpoint.get(TRAINABLE_ONLY_KEY):
             self.strict_loading = True
             return
@@ -249,5 +339,136 @@ class MedGemmaModule(LightningModule):
                 f"(policy or model changed?): {len(extra)} unexpected {extra[:5]}, {len(lacking)} missing "
                 f"{lacking[:5]}. Resume with the same model and trainable options."
             )
-        # What is missing is exactly the frozen part, rebuilt from model_name_or_path at construction.
+        # What is missing is exactly the frozen part, rebuilt from model_name_or_path by configure_model.
         self.strict_loading = False
+
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: Optional[float] = None,
+        gradient_clip_algorithm: Optional[str] = None,
+    ) -> None:
+        root = self.trainer.model
+        if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and _is_fsdp_module(root):
+            # Each rank holds a shard of every gradient: only the root FSDP module computes the
+            # norm over all of them (Lightning's precision plugin refuses norm clipping here).
+            root.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+
+# ---- argument checks (no loading) -----------------------------------------------
+def check_options(**options: Any) -> None:
+    """Refuse impossible `MedGemmaModule` arguments before anything is loaded.
+
+    Each problem is one line naming the option as a config writes it (`model.KEY`).
+    A local checkpoint or tokenizer path that does not exist is a `FileNotFoundError`.
+    """
+    o = options
+
+    def need(ok: bool, key: str, rule: str) -> None:
+        if not ok:
+            raise ValueError(f"model.{key} must be {rule}, got {o[key]!r}")
+
+    def one_of(key: str, allowed: Any) -> None:
+        if o[key] not in allowed:
+            raise ValueError(f"model.{key} {o[key]!r} is not one of {', '.join(map(str, allowed))}")
+
+    one_of("trainable", POLICIES)
+    one_of("torch_dtype", tuple(DTYPES))
+    one_of("new_token_init", get_args(NewTokenInit))
+    one_of("untied_output_init", get_args(OutputInit))
+    need(o["learning_rate"] > 0, "learning_rate", "> 0")
+    need(o["embedding_learning_rate"] is None or o["embedding_learning_rate"] > 0, "embedding_learning_rate",
+         "> 0 or null")
+    need(0 <= o["min_learning_rate"] <= o["learning_rate"], "min_learning_rate", "in [0, learning_rate]")
+    need(o["weight_decay"] >= 0, "weight_decay", ">= 0")
+    need(o["warmup_steps"] >= 0, "warmup_steps", ">= 0")
+    need(o["warmup_ratio"] is None or 0 <= o["warmup_ratio"] < 1, "warmup_ratio", "in [0, 1) or null")
+    need(len(o["adam_betas"]) == 2 and all(0 <= b < 1 for b in o["adam_betas"]), "adam_betas",
+         "two values in [0, 1)")
+    need(o["loss_chunk_size"] >= 1, "loss_chunk_size", ">= 1")
+    need(o["pad_vocab_to_multiple_of"] is None or o["pad_vocab_to_multiple_of"] >= 1, "pad_vocab_to_multiple_of",
+         ">= 1 or null")
+    need(o["peak_tflops"] is None or o["peak_tflops"] > 0, "peak_tflops", "> 0 or null")
+    lora = o["lora"]
+    if lora is not None:
+        values = {f.name: getattr(lora, f.name) for f in fields(lora)}
+        for key, ok, rule in (("r", values["r"] >= 1, ">= 1"), ("alpha", values["alpha"] > 0, "> 0"),
+                              ("dropout", 0 <= values["dropout"] < 1, "in [0, 1)"),
+                              ("target_modules", len(values["target_modules"]) > 0, "a non-empty list")):
+            if not ok:
+                raise ValueError(f"model.lora.{key} must be {rule}, got {values[key]!r}")
+    model_path, tokenizer_path = o["model_name_or_path"], o["tokenizer_path"]
+    if _missing_local_path(model_path):
+        raise FileNotFoundError(f"model.model_name_or_path {model_path!r}: no such folder")
+    if tokenizer_path is not None and _missing_local_path(tokenizer_path):
+        raise FileNotFoundError(f"cannot load a tokenizer from {tokenizer_path!r}: no such folder "
+                                "(model.tokenizer_path)")
+    if o["trainable"] == "new_embeddings" and tokenizer_path in (None, model_path):
+        config = _local_text_config(model_path)
+        if config is not None and BASE_VOCAB_KEY not in config:
+            raise ValueError(
+                "trainable: new_embeddings needs new rows, but the tokenizer adds no token to the checkpoint "
+                f"{model_path!r}; set model.tokenizer_path to an extended tokenizer or use another policy"
+            )
+
+
+def _missing_local_path(path: str) -> bool:
+    """True for a path that can only be local (absolute, ./, ../, ~, or deeper than a hub id) and is absent."""
+    local = os.path.isabs(path) or path.startswith(("./", "../", "~")) or path.count("/") > 1
+    return local and not Path(path).expanduser().exists()
+
+
+def _local_text_config(path: str) -> Optional[dict]:
+    """The text part of a local checkpoint's config.json (no transformers, no network); None elsewhere."""
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        return None
+    config = json.loads(file.read_text(encoding="utf-8"))
+    return config.get("text_config", config)
+
+
+# ---- FSDP -----------------------------------------------------------------------
+def fsdp_problem(hparams: Any, *, training: bool) -> Optional[str]:
+    """Why these `MedGemmaModule` options cannot run under FSDP (one line), or None.
+
+    - `new_embeddings`: the old rows' gradient mask is a hook on the embedding
+      parameter; FSDP computes gradients on its flat, sharded buffer, so the hook
+      never runs and old rows would train.
+    - a half `torch_dtype` (or `auto`, which is bfloat16 for MedGemma): the trainable
+      parameters are float32 over half-precision frozen ones, and FSDP flattens one
+      dtype per unit only. FSDP keeps float32 weights itself and computes in bfloat16
+      under `precision: bf16-mixed`.
+    - `save_trainable_only`: FSDP saves and loads every parameter itself, before the
+      module could allow a partial checkpoint.
+    """
+    if training and hparams.trainable == "new_embeddings":
+        return ("model.trainable: new_embeddings cannot train under FSDP (its old-row gradient mask needs the "
+                "unsharded embedding, FSDP trains a flat sharded copy); use trainable: embeddings under FSDP, "
+                "or new_embeddings with DDP or one GPU (configs/strategies/ddp.yaml)")
+    if hparams.torch_dtype != "float32":
+        return (f"model.torch_dtype: {hparams.torch_dtype} cannot be used under FSDP (float32 trainable and "
+                "half-precision frozen weights cannot share a flat shard); use model.torch_dtype: float32 "
+                "with trainer.precision: bf16-mixed, which FSDP computes in bfloat16")
+    if hparams.save_trainable_only:
+        return ("model.save_trainable_only: true is not supported under FSDP (the strategy saves and loads every "
+                "parameter itself); set it to false")
+    return None
+
+
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _is_fsdp_module(module: Any) -> bool:
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return isinstance(module, FullyShardedDataParallel)
+
+
+def _matmul_parameters(hf_model: torch.nn.Module) -> int:
+    """Weights a token passes through for MFU: decoder layers and output head, not the embedding lookup."""
+    decoder = hf_model.base_model
+    language = getattr(decoder, "language_model", decoder)
+    n = sum(p.numel() for p in language.parameters()) - hf_model.get_input_embeddings().weight.numel()
+    return n + hf_model.get_output_embeddings().weight.numel()
