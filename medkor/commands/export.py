@@ -43,13 +43,15 @@ def model_args(config: Any) -> dict[str, Any]:
 
 
 def load_checkpoint(module: Any, path: str) -> None:
-    """Load a Lightning checkpoint into `module` with the module's own strictness rules."""
-    import torch
+    """Load a Lightning checkpoint into `module` with the module's own strictness rules.
 
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises pickle, zip and EOF errors alike for a bad file
-        raise ValueError(f"{path}: cannot read the checkpoint ({type(err).__name__}: {err})") from err
+    The file is read with `torch.load(weights_only=True)` (tensors and plain values
+    only, see `medkor.callbacks.checkpoint_io`): a bad or unsafe file raises a
+    `ValueError` that names it and says why, and runs no code from it.
+    """
+    from medkor.callbacks.checkpoint_io import load_checkpoint_file
+
+    checkpoint = load_checkpoint_file(path, map_location="cpu")
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict'); pass a .ckpt from `medkor fit`")
     module.on_load_checkpoint(checkpoint)

@@ -11,13 +11,13 @@ before it was read, so a write in the same clock tick as the read cannot be miss
 from __future__ import annotations
 
 import json
-import os
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import xxhash
+
+from medkor.run.atomic import atomic_write_text
 
 MEMO_NAME = "fingerprints.json"
 _RACY_NS = 2_000_000_000  # a change this close before a read is not trusted to be seen
@@ -73,10 +73,7 @@ class FingerprintMemo:
         """Write atomically; concurrent writers race harmlessly (last one wins)."""
         if not self.dirty or self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{MEMO_NAME}.{uuid.uuid4().hex}")
-        tmp.write_text(json.dumps(self.entries, sort_keys=True))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, json.dumps(self.entries, sort_keys=True), what="fingerprint memo")
         self.dirty = False
 
     def content_hash(self, name: str, paths: list[Path], compute: Callable[[], str]) -> str:
