@@ -10,15 +10,24 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_info
 
-from medkor.callbacks import KorMedMCQAEval  # noqa: F401  (importable by class_path)
+from medkor.callbacks import KorMedMCQAEval, NonFiniteGuard  # noqa: F401  (importable by class name)
+from medkor.callbacks.checkpoint_io import AtomicCheckpointIO, CheckpointLoadError, load_checkpoint_file
+from medkor.callbacks.finite_guard import NonFiniteLossError
+from medkor.callbacks.preemption import Preempted, SaveOnPreemption
+from medkor.callbacks.run_state import ResumeState
+from medkor.checks import ConfigError, check_run_config
 from medkor.data import MedKorDataModule
 from medkor.model import MedGemmaModule
+from medkor.run.folders import find_last_checkpoint, version_of_checkpoint
+from medkor.run.loggers import assign_versions, continue_history, versioned_groups
 
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -40,31 +49,14 @@ def tokenizer_path_for(model_name_or_path: str, tokenizer_path: Optional[str]) -
     return tokenizer_path or model_name_or_path
 
 
-def share_run_folder(loggers: Sequence[Logger]) -> None:
-    """Put loggers that write under the same root and name into one `version_N` folder.
-
-    CSV and TensorBoard loggers each pick the next free version on their own, so
-    together they would split one run over two folders; the first one decides.
-    """
-    chosen: dict[tuple[str, str], Any] = {}
-    for logger in loggers:
-        if not hasattr(logger, "_version") or logger.root_dir is None:
-            continue
-        key = (str(logger.root_dir), str(logger.name))
-        if key in chosen:
-            if logger._version is None:
-                logger._version = chosen[key]
-        else:
-            chosen[key] = logger.version
-
-
 class MedKorCLI(LightningCLI):
-    """LightningCLI with the model's tokenizer linked into the data module."""
+    """LightningCLI with the model's tokenizer linked into the data module, and runs that survive.
 
-    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        trainer = super().instantiate_trainer(**kwargs)
-        share_run_folder(trainer.loggers)
-        return trainer
+    Every Trainer gets atomic checkpoint files (`AtomicCheckpointIO`), random state in
+    its checkpoints (`ResumeState`) and a checkpoint on SIGTERM (`SaveOnPreemption`).
+    Each run claims its own `version_N`; `fit --ckpt_path` (a file in a run's
+    `checkpoints/`, or `last`) continues in the folder the checkpoint came from.
+    """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments(
@@ -72,6 +64,77 @@ class MedKorCLI(LightningCLI):
             "data.tokenizer_path",
             compute_fn=tokenizer_path_for,
         )
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning reads the checkpoint's hyperparameters into the config here; read them
+        # memory-mapped and safely, with a one-line error for a bad file.
+        if not self.config.get("subcommand"):
+            return
+        ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        try:
+            hparams = load_checkpoint_file(ckpt_path, mmap=True).get("hyper_parameters", {})
+        except CheckpointLoadError as err:
+            raise ConfigError(f"--ckpt_path: {err}") from err
+        hparams = {k: v for k, v in hparams.items() if k != "_instantiator"}
+        if hparams:
+            self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}}, self.config)
+
+    def before_instantiate_classes(self) -> None:
+        check_run_config(self.config[self.subcommand] if self.subcommand else self.config)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default: make it atomic
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        present = {type(c) for c in trainer.callbacks}
+        trainer.callbacks.extend(cb() for cb in (ResumeState, SaveOnPreemption) if cb not in present)
+        return trainer
+
+    def before_fit(self) -> None:
+        self._settle_run_folder(resume=True)
+
+    def before_validate(self) -> None:
+        self._settle_run_folder(resume=False)
+
+    def before_test(self) -> None:
+        self._settle_run_folder(resume=False)
+
+    def _settle_run_folder(self, resume: bool) -> None:
+        """Pick the run folder on global rank zero: the checkpoint's when resuming, else a new one."""
+        trainer, config = self.trainer, self.config_init[self.subcommand]
+        groups = versioned_groups(trainer.loggers)
+        if not groups:
+            return
+        root = Path(trainer.loggers[0].root_dir) if trainer.loggers[0] in sum(groups.values(), []) else None
+        ckpt = config.get("ckpt_path")
+        keep = None
+        if resume and ckpt == "last" and root is not None:
+            found = find_last_checkpoint(root)
+            config["ckpt_path"] = str(found) if found else None
+            rank_zero_info(f"[medkor] resuming from {found}" if found else
+                           f"[medkor] --ckpt_path last: no last checkpoint under {root}; starting a new run")
+            ckpt = config["ckpt_path"]
+        if resume and ckpt and root is not None and Path(ckpt).exists():
+            version = version_of_checkpoint(Path(ckpt), root)
+            if version is not None:
+                keep = (root, version)
+        if not trainer.is_global_zero:
+            return  # only rank zero writes logs; checkpoint folders are broadcast from it
+        assign_versions(trainer.loggers, keep)
+        if keep is not None:
+            step = _checkpoint_step(Path(ckpt))
+            dropped = continue_history(trainer.loggers, step)
+            note = f"; {dropped} metrics rows logged after step {step} by the interrupted attempt dropped" if dropped else ""
+            rank_zero_info(f"[medkor] continuing run {root / f'version_{keep[1]}'} from step {step}{note}")
+
+
+def _checkpoint_step(path: Path) -> Optional[int]:
+    """The global step a checkpoint file was saved at (memory-mapped read; None for a sharded folder)."""
+    if not path.is_file():
+        return None
+    return int(load_checkpoint_file(path, mmap=True).get("global_step", 0))
 
 
 class _ParseOnlyCLI(MedKorCLI):
@@ -128,13 +191,24 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             print(f"medkor {args[0]}: interrupted", file=sys.stderr)
             code = 130
         sys.exit(code)
-    MedKorCLI(
-        MedGemmaModule,
-        MedKorDataModule,
-        args=None if argv is None else args,  # None: LightningCLI reads sys.argv itself
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-    )
+    command = args[0]
+    try:
+        MedKorCLI(
+            MedGemmaModule,
+            MedKorDataModule,
+            args=None if argv is None else args,  # None: LightningCLI reads sys.argv itself
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+        )
+    except ConfigError as err:  # found before any model or data was loaded
+        print(f"medkor {command}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except NonFiniteLossError as err:
+        print(f"medkor {command}: stopped: {err}", file=sys.stderr)
+        sys.exit(1)
+    except Preempted as err:
+        print(f"medkor {command}: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
 
 
 if __name__ == "__main__":

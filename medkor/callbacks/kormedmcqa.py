@@ -122,7 +122,11 @@ class KorMedMCQAEval(Callback):
         if not self.run_baseline:
             return
         if self.baseline is not None and not self.rerun_baseline_on_resume:
-            self._log_direct(trainer, self._entry_metrics(self.baseline), self.baseline["step"])
+            # resumed: a run continuing in its own folder has the baseline's row already;
+            # one resumed into a new folder logs it again so its metrics start from it
+            run_dir = Path(trainer.log_dir or trainer.default_root_dir) / METRIC_PREFIX  # collective: all ranks
+            if not (run_dir / "summary.json").is_file():
+                self._log_direct(trainer, self._entry_metrics(self.baseline), self.baseline["step"])
             return
         self._evaluate(trainer, pl_module, "baseline")
 

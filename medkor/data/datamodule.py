@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from medkor.data.cache import CacheRequest, CacheResult, ensure_caches, open_cache
 from medkor.data.collate import Collator
 from medkor.data.rows import RowsFile
+from medkor.data.loader import ResumableDataLoader
 from medkor.data.sampler import EpochShuffleSampler
 from medkor.data.sources import OnBadRecord, Selection, require_train_files, split_files
 
@@ -166,14 +168,20 @@ class MedKorDataModule(pl.LightningDataModule):
         if split not in self.datasets:
             raise RuntimeError(f"no {split!r} rows loaded; call setup() first")
         rows = self.datasets[split]
-        return DataLoader(
-            rows,
+        common = dict(
             batch_size=self.batch_size,
-            sampler=EpochShuffleSampler(len(rows), self.seed) if shuffle else None,
             collate_fn=Collator(self.pad_token_id),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            # the loader's own generator seeds its workers, so iterating it draws nothing
+            # from the global RNG that dropout uses: a resumed run's draws match
+            generator=torch.Generator().manual_seed(self.seed),
         )
+        if not shuffle:
+            return DataLoader(rows, **common)
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        sampler = EpochShuffleSampler(len(rows), self.seed, num_replicas=world, rank=rank)
+        return ResumableDataLoader(rows, sampler=sampler, **common)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
