@@ -89,7 +89,7 @@ class MedKorCLI(LightningCLI):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default: make it atomic
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         present = {type(c) for c in trainer.callbacks}
-        trainer.callbacks.extend(cb() for cb in (ResumeState, SaveOnPreemption) if cb not in present)
+        trainer.callbacks[:0] = [cb() for cb in (ResumeState, SaveOnPreemption) if cb not in present]
         return trainer
 
     def before_fit(self) -> None:

@@ -78,7 +78,8 @@ def requeue_slurm_job() -> None:
 class SaveOnPreemption(Callback):
     """On SIGTERM (and the SLURM requeue signal with auto-requeue): save `last.ckpt` at the next step, then stop.
 
-    `medkor fit` adds it to every run.
+    `medkor fit` puts it first among the callbacks, so that a run stopping at the end of
+    an epoch stops before any epoch-end evaluation.
     """
 
     def __init__(self) -> None:
@@ -86,6 +87,7 @@ class SaveOnPreemption(Callback):
         self._previous: dict[int, Any] = {}
         self._requeue_signal: Optional[int] = None
         self._step_before = -1
+        self._stop: Optional[Preempted] = None
 
     # ---- signals: the handler only takes note
     def _note(self, signum: int, frame: Any) -> None:
@@ -109,9 +111,6 @@ class SaveOnPreemption(Callback):
         for signum in signums:
             self._previous[signum] = signal.signal(signum, handler)
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._restore()
-
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._restore()
 
@@ -121,10 +120,6 @@ class SaveOnPreemption(Callback):
         self._previous = {}
 
     # ---- the save, at a step boundary
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
-        self._step_before = trainer.global_step
-
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if trainer.global_step == self._step_before:
@@ -138,4 +133,29 @@ class SaveOnPreemption(Callback):
         trainer.save_checkpoint(path)
         if trainer.is_global_zero and signum == self._requeue_signal:
             requeue_slurm_job()
-        raise Preempted(signum, path, trainer.global_step)
+        # Stop at the next hook: Lightning logs this batch's metrics after this hook, and
+        # the resumed run starts after this batch, so its row must reach metrics.csv first.
+        self._stop = Preempted(signum, path, trainer.global_step)
+
+    def _stop_if_saved(self, trainer: pl.Trainer) -> None:
+        if self._stop is None:
+            return
+        for logger in trainer.loggers:
+            logger.save()
+        stop, self._stop = self._stop, None
+        raise stop
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._stop_if_saved(trainer)
+        self._step_before = trainer.global_step
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop_if_saved(trainer)  # a resumed run validates where this one would have
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop_if_saved(trainer)  # first in the callback list: before any epoch-end evaluation
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore()
+        self._stop_if_saved(trainer)

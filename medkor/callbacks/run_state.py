@@ -53,6 +53,7 @@ class ResumeState(Callback):
 
     def __init__(self) -> None:
         self._pending: Optional[dict[str, Any]] = None
+        self._flush_next = False
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": rng_states()}
@@ -68,10 +69,18 @@ class ResumeState(Callback):
         trainer.fit_loop._load_combined_loader_states()
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
-        for logger in trainer.loggers:
-            logger.save()
+        self._flush(trainer)
+        self._flush_next = True  # the row of the batch that ended at this save is logged after it
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._flush_next:
+            self._flush(trainer)
+            self._flush_next = False
         if self._pending is not None:
             set_rng_states(self._pending)
             self._pending = None
+
+    @staticmethod
+    def _flush(trainer: pl.Trainer) -> None:
+        for logger in trainer.loggers:
+            logger.save()

@@ -110,6 +110,7 @@ class MedGemmaModule(LightningModule):
             torch_dtype=torch_dtype, loss_chunk_size=loss_chunk_size, peak_tflops=peak_tflops,
         )
         self.save_hyperparameters()
+        self._lora = lora  # hparams keep the value as given (a dict from a config file)
         self._built: Optional[BuiltModel] = None
         self._throughput = ThroughputMeter()
 
@@ -133,7 +134,7 @@ class MedGemmaModule(LightningModule):
             untied_output_init=hp.untied_output_init,
             pad_vocab_to_multiple_of=hp.pad_vocab_to_multiple_of,
             trainable=hp.trainable,
-            lora=hp.lora,
+            lora=self._lora,
             gradient_checkpointing=hp.gradient_checkpointing,
             attn_implementation=hp.attn_implementation,
             torch_dtype=hp.torch_dtype,
