@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Optional
 
@@ -154,13 +155,16 @@ class KorMedMCQAEval(Callback):
         model, tokenizer = _model_and_tokenizer(pl_module)
         run_dir = Path(trainer.log_dir or trainer.default_root_dir) / METRIC_PREFIX  # collective: all ranks
         start = time.perf_counter()
-        records = self.evaluator.evaluate(
-            model,
-            tokenizer,
-            rank=trainer.global_rank,
-            world_size=trainer.world_size,
-            forward_context=trainer.precision_plugin.forward_context,
-        )
+        # under FSDP the parameters are flat shards outside a step: gather them for the evaluation
+        unsharded = getattr(pl_module, "unsharded", None)
+        with unsharded() if callable(unsharded) else nullcontext(model) as model:
+            records = self.evaluator.evaluate(
+                model,
+                tokenizer,
+                rank=trainer.global_rank,
+                world_size=trainer.world_size,
+                forward_context=trainer.precision_plugin.forward_context,
+            )
         subsets = self.evaluator.subsets
         # one sync for both: correct/total and non-finite/total per subset
         nonfinite_keys = {f"nonfinite/{subset}": subset for subset in subsets}

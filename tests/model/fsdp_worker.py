@@ -22,9 +22,14 @@ import torch
 import torch.distributed.fsdp as torch_fsdp
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
+
 from lightning.pytorch.strategies import FSDPStrategy
 from torch.utils.data import DataLoader
 from transformers.models.gemma3.modeling_gemma3 import Gemma3DecoderLayer
+
+from medkor.callbacks import KorMedMCQAEval
+
+DEMO_KORMEDMCQA = Path(__file__).resolve().parents[2] / "medkor" / "assets" / "demo" / "kormedmcqa"
 
 import medkor.model.module as module_code
 from medkor.model import MedGemmaModule
@@ -135,9 +140,13 @@ def run(model: str, tokenizer: str, out: Path, *, name: str, stop_at=None, ckpt_
         activation_checkpointing_policy={Gemma3DecoderLayer},
         state_dict_type="sharded",
     )
+    # the KorMedMCQA baseline under FSDP (parameters are shards outside a step)
+    kormedmcqa = KorMedMCQAEval(source=str(DEMO_KORMEDMCQA), max_samples=2, batch_size=4,
+                                every_n_epochs=0, write_predictions=False)
     trainer = Trainer(
         accelerator="cpu", devices=2, strategy=strategy, max_steps=6, gradient_clip_val=CLIP,
-        logger=False, callbacks=[recorder, steps], enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=out / name,
+        logger=False, callbacks=[recorder, steps] + ([kormedmcqa] if name == "straight" else []), enable_progress_bar=False, enable_model_summary=False,
         use_distributed_sampler=False, num_sanity_val_steps=0, limit_val_batches=1, deterministic=True,
     )
     data = batches(module.tokenizer)
@@ -155,6 +164,7 @@ def run(model: str, tokenizer: str, out: Path, *, name: str, stop_at=None, ckpt_
         "last": str(steps.last_model_path),
         "last_is_sharded_folder": Path(steps.last_model_path).is_dir(),
         "rank": trainer.global_rank,
+        "kormedmcqa_baseline": kormedmcqa.baseline,
     }
 
 

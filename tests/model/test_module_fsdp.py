@@ -75,3 +75,11 @@ def test_model_is_callable_outside_the_steps_only_unsharded(report):
     seen = report["straight"]["seen"]
     assert "2-D" in seen["direct_call"]  # what calling pl_module.model directly under FSDP does
     assert seen["unsharded_logits"][:2] == [1, 1]
+
+
+def test_kormedmcqa_baseline_runs_on_the_sharded_model(report):
+    baseline = report["straight"]["kormedmcqa_baseline"]
+    assert baseline is not None and baseline["step"] == 0
+    totals = {subset: v["total"] for subset, v in baseline["subsets"].items()}
+    assert totals == {"doctor": 2, "nurse": 2, "pharm": 2, "dentist": 2}  # every rank's share counted once
+    assert baseline.get("nonfinite", 0) == 0 and 0.0 <= baseline["acc"] <= 1.0
