@@ -143,6 +143,9 @@ class _ParseOnlyCLI(MedKorCLI):
     def instantiate_classes(self) -> None:
         pass
 
+    def before_instantiate_classes(self) -> None:
+        pass  # the command checks what it uses (`prepare`: check_run_config); `export` ignores data
+
     def _set_seed(self) -> None:
         pass  # parsing a config must not seed anything
 

@@ -68,7 +68,11 @@ def requeue_slurm_job() -> None:
         job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
     if not job:
         return
-    result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    try:
+        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:  # no scontrol here, or it hangs
+        log.warning(f"could not requeue SLURM job {job}: {err}; requeue it by hand (scontrol requeue {job})")
+        return
     if result.returncode == 0:
         log.info(f"requeued SLURM job {job}")
     else:

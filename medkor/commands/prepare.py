@@ -34,8 +34,11 @@ def main(argv: list[str]) -> int:
     from medkor.data.cache import CacheError
     from medkor.data.sources import DataError
 
+    from medkor.checks import check_run_config
+
     config = parse_run_config(argv)
     try:
+        check_run_config(config)
         module = MedKorDataModule(**_data_args(config))
         for result in module.prepare_caches():
             print(json.dumps(result.summary(), ensure_ascii=False), flush=True)

@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
+from medkor.callbacks.checkpoint_io import load_checkpoint_file
 from medkor.callbacks.finite_guard import NonFiniteGuard, NonFiniteLossError, all_finite, finite_flag
 from tests.eval.tiny_lm import build_model
 
@@ -128,7 +129,7 @@ def test_absurd_learning_rate_stops_before_the_step_and_no_nan_checkpoint(tmp_pa
     saved = [*(tmp_path / "every").iterdir(), *(tmp_path / "error").iterdir()]
     assert [p.name for p in (tmp_path / "error").iterdir()] == [f"step={step}.ckpt"]
     for path in saved:
-        state = torch.load(path, weights_only=False)["state_dict"]
+        state = load_checkpoint_file(path)["state_dict"]
         assert all(bool(torch.isfinite(v).all()) for v in state.values()), path.name
 
 
@@ -178,7 +179,7 @@ def test_skip_mode_skips_exactly_the_bad_step_and_keeps_the_count_in_checkpoints
         rows = [r for r in csv.DictReader(handle) if r.get("train/skipped_steps")]
     assert [(int(r["step"]), float(r["train/skipped_steps"])) for r in rows] == [(0, 0), (1, 0), (2, 1), (3, 1)]
 
-    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    saved = load_checkpoint_file(tmp_path / "ckpt" / "last.ckpt")
     (state,) = [v for k, v in saved["callbacks"].items() if "NonFiniteGuard" in k]
     assert state == {"skipped": 1}
     resumed = NonFiniteGuard(mode="skip", max_skipped=1)

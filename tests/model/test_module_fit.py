@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
+from medkor.callbacks.checkpoint_io import load_checkpoint_file
 from medkor.model import MedGemmaModule
 
 TEXTS = [
@@ -79,7 +80,7 @@ def test_fit_logs_metrics_and_resumes_exactly_from_trainable_only_checkpoint(ass
     assert rates and all(rate > 0 for rate in rates)
     assert len([r for r in rows if r.get("val/loss")]) == 2  # once per epoch
 
-    first = torch.load(tmp_path / "ckpt" / "eepoch=0.ckpt", weights_only=False)
+    first = load_checkpoint_file(tmp_path / "ckpt" / "eepoch=0.ckpt")
     assert set(first["state_dict"]) == {"model.model.embed_tokens.weight", "model.lm_head.weight"}
     assert first["optimizer_states"][0]["state"]  # AdamW moments of the trainable rows travel along
 
@@ -110,7 +111,7 @@ def test_full_checkpoint_loads_strictly(assets, tmp_path):
     trainer.fit(module, train_dataloaders=data)
     path = tmp_path / "full.ckpt"
     trainer.save_checkpoint(path)
-    checkpoint = torch.load(path, weights_only=False)
+    checkpoint = load_checkpoint_file(path)
     assert len(checkpoint["state_dict"]) > 10
     again = _module(assets, trainable="full", save_trainable_only=False)
     again.on_load_checkpoint(checkpoint)
