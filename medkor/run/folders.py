@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 from pathlib import Path
 from typing import Optional
@@ -41,12 +42,19 @@ def claim_version(root: Path) -> int:
 
 
 def version_of_checkpoint(checkpoint: Path, root: Path) -> Optional[int]:
-    """N when `checkpoint` lies in `root/version_N/checkpoints/`, else None."""
-    parts = checkpoint.resolve().parent
-    if parts.name != "checkpoints" or parts.parent.parent != root.resolve():
-        return None
-    match = VERSION.match(parts.parent.name)
-    return int(match.group(1)) if match else None
+    """N when `checkpoint` lies in `root/version_N/checkpoints/`, else None.
+
+    Compared as written (made absolute, links not followed), so a `checkpoints/` that
+    links to other storage still belongs to its run; then with links resolved, so a
+    path through a link to the root is recognised too.
+    """
+    for resolve in (False, True):
+        folder = (checkpoint.resolve() if resolve else Path(os.path.abspath(checkpoint))).parent
+        base = root.resolve() if resolve else Path(os.path.abspath(root))
+        match = VERSION.match(folder.parent.name)
+        if folder.name == "checkpoints" and folder.parent.parent == base and match:
+            return int(match.group(1))
+    return None
 
 
 def find_last_checkpoint(root: Path) -> Optional[Path]:

@@ -145,11 +145,6 @@ def test_version_of_a_last_link_next_to_its_target(tmp_path):
     assert version_of_checkpoint(folder / "last.ckpt", tmp_path / "demo") == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "version_of_checkpoint resolves the checkpoint path before comparing, so a run whose "
-    "checkpoints/ folder is a symlink to other storage (or a checkpoint file that is a link to "
-    "storage outside the root) is not recognised as lying in root/version_N/checkpoints/: "
-    "`fit --ckpt_path last` then starts a new version instead of continuing the run"))
 def test_version_of_checkpoint_in_a_symlinked_checkpoints_folder(tmp_path):
     root = tmp_path / "logs" / "demo"
     (root / "version_0").mkdir(parents=True)
