@@ -46,7 +46,7 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 class ResumeState(Callback):
-    """Random generator state in every checkpoint, restored when a run resumes; loggers flushed at every save.
+    """Random generator state of every rank in every checkpoint, restored when a run resumes; loggers flushed at every save.
 
     `medkor fit` adds it to every run; add it yourself when driving a Trainer from Python.
     """
@@ -56,10 +56,26 @@ class ResumeState(Callback):
         self._flush_next = False
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": rng_states()}
+        # Lightning builds the checkpoint on every rank and writes rank zero's: gather every
+        # rank's generators into it (ranks draw differently when their batches differ)
+        mine = rng_states()
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return {"rng": [mine]}
+        gathered: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, mine)
+        return {"rng": gathered}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._pending = state_dict.get("rng")
+        states = state_dict.get("rng")
+        if isinstance(states, dict):  # one state for all ranks
+            states = [states]
+        if not states:
+            return
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        rank = torch.distributed.get_rank() if distributed else 0
+        world = torch.distributed.get_world_size() if distributed else 1
+        # another number of ranks: the data order differs anyway; every rank takes rank zero's
+        self._pending = states[rank] if len(states) == world else states[0]
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Lightning hands the checkpoint's loader position to the training loader only when

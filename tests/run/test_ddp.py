@@ -14,8 +14,7 @@ With the demo's packed rows every batch has the same shape on both ranks, so the
 ranks draw the same dropout masks and end every step with equal random states; a
 resume that gave every rank rank 0's state would pass unnoticed. The unpacked runs
 (one document per row: batches of unequal length, random states that differ by rank)
-check that each rank gets its own state back; that part fails today
-(`test_every_rank_resumes_with_its_own_random_state`, a strict xfail naming the cause).
+check that each rank gets its own state back (`test_every_rank_resumes_with_its_own_random_state`).
 
 Runs overlap (each starts as soon as the run it resumes is done): most of a run's
 wall time is rank 0 and then rank 1 importing, one core each.
@@ -413,9 +412,6 @@ def test_unpacked_rows_resume_on_every_rank_at_its_own_batch(runs):
     assert resumed[0]["rng"] == killed[0]["rng"]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "medkor bug: ResumeState.state_dict (medkor/callbacks/run_state.py) stores the calling rank's generators, "
-    "and only global rank 0's checkpoint dict is written, so every rank restores rank 0's random state"))
 def test_every_rank_resumes_with_its_own_random_state(runs):
     killed, resumed = _unpacked_resume(runs)
     assert resumed[1]["rng"] == killed[1]["rng"]
