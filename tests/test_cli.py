@@ -68,8 +68,9 @@ def test_demo_fits_then_validates_its_checkpoint(repo_root, tmp_path):
         assert any(r.get(f"kormedmcqa/{subset}/acc") for r in rows), subset
     assert any(r.get("train/loss") for r in rows) and any(r.get("val/loss") for r in rows)
     assert list(run_dir.glob("events.out.tfevents.*")), "TensorBoard logs belong in the same run folder"
-    checkpoints = sorted((run_dir / "checkpoints").glob("*.ckpt"))
+    checkpoints = sorted((run_dir / "checkpoints").glob("epoch*.ckpt"))
     assert len(checkpoints) == 2, checkpoints  # one per epoch
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()  # the step checkpoint, brought up to the end
 
     validate = run_medkor(["validate", "--config", str(config_file), "--ckpt_path", str(checkpoints[-1])], repo_root)
     assert validate.returncode == 0, validate.stderr[-4000:]

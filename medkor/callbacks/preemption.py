@@ -163,3 +163,8 @@ class SaveOnPreemption(Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._restore()
         self._stop_if_saved(trainer)
+        # a finished run: bring an older last.ckpt (a preemption's or a step one) up to the
+        # end, so `--ckpt_path last` on a finished run trains nothing again
+        path = checkpoint_dir(trainer) / LAST_NAME
+        if path.exists():
+            trainer.save_checkpoint(path)
