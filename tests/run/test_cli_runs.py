@@ -207,7 +207,7 @@ def test_runs_started_together_get_their_own_version_folders(two_runs):
         assert _steps(rows, "train/loss") == list(range(steps)), (run, rows)
         assert _steps(rows, "kormedmcqa/acc") == [0, steps], (run, rows)
         assert _steps(rows, "val/loss") == [steps - 1], (run, rows)
-        assert [p.name for p in (run / "checkpoints").iterdir()] == [f"epoch00-step{steps}.ckpt"]
+        assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [f"epoch00-step{steps}.ckpt", "last.ckpt"]
         assert len(list(run.glob("events.out.tfevents.*"))) == 1  # one TensorBoard writer per folder
     assert sorted(seen) == [2, 3], seen
     print(f"\ntwo concurrent fits: {seconds:.1f} s")
@@ -219,7 +219,7 @@ def test_validate_claims_a_new_folder_and_leaves_the_fit_run_alone(repo_root, tw
     assert all(code == 0 for code, _ in results.values())
     root = tmp / "logs" / "demo"
     fits = {run.name: _snapshot(run) for run in root.iterdir()}
-    (ckpt,) = (root / "version_0" / "checkpoints").glob("*.ckpt")
+    (ckpt,) = (root / "version_0" / "checkpoints").glob("epoch*.ckpt")
     result, seconds, _ = _run(repo_root, ["validate", "--config", str(config), "--ckpt_path", str(ckpt)])
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in root.iterdir()) == ["version_0", "version_1", "version_2"]
