@@ -120,21 +120,22 @@ class MedKorCLI(LightningCLI):
             version = version_of_checkpoint(Path(ckpt), root)
             if version is not None:
                 keep = (root, version)
-        if resume and ckpt and Path(ckpt).is_file():
-            self._check_data_position(Path(ckpt))  # before anything in the run folder changes
+        # one memory-mapped read of a single-file checkpoint (a sharded one is a folder: no step known)
+        checkpoint = load_checkpoint_file(ckpt, mmap=True) if resume and ckpt and Path(ckpt).is_file() else None
+        if checkpoint is not None:
+            self._check_data_position(Path(ckpt), checkpoint)  # before anything in the run folder changes
         if not trainer.is_global_zero:
             return  # only rank zero writes logs; checkpoint folders are broadcast from it
         assign_versions(trainer.loggers, keep)
         if keep is not None:
-            step = _checkpoint_step(Path(ckpt))
+            step = int(checkpoint.get("global_step", 0)) if checkpoint is not None else None
             dropped = continue_history(trainer.loggers, step)
             note = f"; {dropped} metrics rows logged after step {step} by the interrupted attempt dropped" if dropped else ""
             rank_zero_info(f"[medkor] continuing run {root / f'version_{keep[1]}'} from step {step}{note}")
 
-
-    def _check_data_position(self, path: Path) -> None:
-        """Refuse a mid-epoch checkpoint whose loader position needs another batch size or rank count."""
-        state = load_checkpoint_file(path, mmap=True).get("loops", {}).get("fit_loop", {}).get("state_dict", {})
+    def _check_data_position(self, path: Path, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose loader position needs another batch size or rank count."""
+        state = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
         for saved in state.get("combined_loader", []):
             want = {"batch_size": self.datamodule.batch_size, "num_replicas": self.trainer.world_size}
             changed = [f"{k} {saved.get(k)} -> {v}" for k, v in want.items() if saved.get(k) not in (None, v)]
@@ -143,13 +144,6 @@ class MedKorCLI(LightningCLI):
                     f"--ckpt_path {path}: its position in the training data does not fit this run "
                     f"({', '.join(changed)}); resume with the same data.batch_size and number of devices"
                 )
-
-
-def _checkpoint_step(path: Path) -> Optional[int]:
-    """The global step a checkpoint file was saved at (memory-mapped read; None for a sharded folder)."""
-    if not path.is_file():
-        return None
-    return int(load_checkpoint_file(path, mmap=True).get("global_step", 0))
 
 
 class _ParseOnlyCLI(MedKorCLI):
