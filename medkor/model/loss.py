@@ -1,22 +1,37 @@
-"""Causal-LM cross-entropy without materialising the full logits.
+"""Causal-LM cross-entropy from final hidden states, never materialising all logits.
 
-With a 272k vocabulary the (tokens x vocab) float32 logits, their softmax and
-gradient are the largest tensors of a step. Here the output head runs over
-chunks of positions under activation checkpointing: the forward keeps only each
-chunk's loss, and the backward recomputes one chunk's logits at a time, so peak
-memory holds one chunk's logits instead of all of them. Only positions with a
-label are computed at all.
+`next_token_loss` shifts and filters the labels, then runs one implementation
+(`loss_impl`):
+- `torch` (default): `medkor.model.fused_loss.FusedLinearCrossEntropy`, chunks of
+  tokens with the gradients formed in the forward pass; any device, any dtype.
+- `torch_recompute`: the same function recomputing logits in backward; one more
+  matrix product, but during gradient accumulation the head gradient goes straight
+  into the existing `.grad` (one head-sized buffer instead of two) where that is safe.
+- `cce`: Apple's Cut Cross-Entropy (`cut-cross-entropy` package, impl
+  `cce_kahan_full_c`, which keeps the gradient of rare tokens such as new Korean
+  ones); CUDA tensors only. Asked for explicitly where it cannot run, it is an error.
+- `auto`: `cce` where the package is installed and the tensors are on CUDA, else
+  `torch`, saying once which it chose and why.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import importlib.util
+import logging
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
+
+from medkor.model.fused_loss import FusedLinearCrossEntropy, compute_dtype, lse_only_loss
 
 IGNORE_INDEX = -100
+LossImpl = Literal["torch", "torch_recompute", "cce", "auto"]
+CCE_IMPL = "cce_kahan_full_c"
+CCE_PACKAGE = "cut_cross_entropy"
+
+log = logging.getLogger(__name__)
+_announced: set[str] = set()
 
 
 def shift_for_next_token(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,22 +42,50 @@ def shift_for_next_token(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[to
     return h[keep], y[keep]
 
 
-def _chunk_loss_sum(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: Optional[float]
-) -> torch.Tensor:
-    logits = F.linear(hidden, weight)
-    if softcap is not None:
-        logits = torch.tanh(logits / softcap) * softcap
-    # Upcast as Hugging Face's loss does, so the value matches the model's own loss.
-    return F.cross_entropy(logits.float(), targets, reduction="sum")
+def cce_installed() -> bool:
+    """Whether the `cut-cross-entropy` package can be imported (checked without importing it)."""
+    return importlib.util.find_spec(CCE_PACKAGE) is not None
 
 
-def chunked_cross_entropy(
+def resolve_loss_impl(requested: str, device: torch.device) -> str:
+    """The implementation that runs for `requested` on tensors of `device`: `torch`, `torch_recompute` or `cce`.
+
+    Raises:
+        ValueError: `requested` is unknown, or `cce` was asked for where it cannot run.
+    """
+    if requested in ("torch", "torch_recompute"):
+        return requested
+    problem = None
+    if not cce_installed():
+        problem = "the cut-cross-entropy package is not installed (pip install cut-cross-entropy)"
+    elif device.type != "cuda":
+        problem = f"it runs on CUDA tensors only, and these are on {device.type}"
+    if requested == "cce":
+        if problem:
+            raise ValueError(f"model.loss_impl: cce cannot be used: {problem}; use loss_impl: torch (or auto)")
+        return "cce"
+    if requested == "auto":
+        choice = "torch" if problem else "cce"
+        if choice not in _announced:
+            _announced.add(choice)
+            log.info("model.loss_impl: auto uses %s", f"torch ({problem})" if problem else f"cce ({CCE_IMPL})")
+        return choice
+    raise ValueError(f"model.loss_impl {requested!r} is not one of torch, torch_recompute, cce, auto")
+
+
+def _cce_loss(h: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, softcap: Optional[float]) -> torch.Tensor:
+    from cut_cross_entropy import linear_cross_entropy
+
+    return linear_cross_entropy(h, weight, y, softcap=softcap, reduction="mean", impl=CCE_IMPL)
+
+
+def next_token_loss(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     labels: torch.Tensor,
     chunk_size: int = 512,
     softcap: Optional[float] = None,
+    impl: str = "torch",
 ) -> tuple[torch.Tensor, int]:
     """Mean next-token cross-entropy of `hidden @ weight.T` against unshifted `labels`.
 
@@ -50,8 +93,9 @@ def chunked_cross_entropy(
         hidden: final hidden states (B, T, H) before the output head.
         weight: output head (V, H), e.g. the tied input embedding.
         labels: (B, T) token ids, `-100` where no loss is taken; not shifted.
-        chunk_size: positions per chunk; peak logits memory is chunk_size x V.
+        chunk_size: tokens per chunk; peak logits memory is chunk_size x V.
         softcap: Gemma-style final logit soft-capping, if the config uses it.
+        impl: `torch`, `torch_recompute`, `cce` or `auto` (see the module docstring).
 
     Returns:
         (mean loss, number of predicted tokens). With no labelled token the loss
@@ -59,19 +103,20 @@ def chunked_cross_entropy(
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    impl = resolve_loss_impl(impl, hidden.device)
     h, y = shift_for_next_token(hidden, labels)
     count = int(y.numel())
     if count == 0:
         return hidden.sum() * 0.0 + weight.sum() * 0.0, 0
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, count, chunk_size):
-        stop = start + chunk_size
-        if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-            part = checkpoint(_chunk_loss_sum, h[start:stop], weight, y[start:stop], softcap, use_reentrant=False)
-        else:
-            part = _chunk_loss_sum(h[start:stop], weight, y[start:stop], softcap)
-        total = total + part
-    return total / count, count
+    if impl == "cce":
+        return _cce_loss(h, weight, y, softcap), count
+    dtype = compute_dtype(h, weight)
+    if not (torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)):
+        with torch.autocast(h.device.type, enabled=False):
+            _, total = lse_only_loss(h.to(dtype), weight.to(dtype), y, chunk_size, softcap)
+        return total / count, count
+    loss = FusedLinearCrossEntropy.apply(h, weight, y, chunk_size, softcap, dtype, impl == "torch_recompute")
+    return loss, count
 
 
 def naive_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from medkor.model.build import BASE_VOCAB_KEY, BuiltModel, build_model
 from medkor.model.embeddings import NewTokenInit, OutputInit
 from medkor.model.inputs import attention_inputs, mask_padding_labels
 from medkor.model.loading import DTYPES, text_config
-from medkor.model.loss import chunked_cross_entropy
+from medkor.model.loss import LossImpl, cce_installed, next_token_loss
 from medkor.model.optim import build_optimizer, build_scheduler, param_groups, warmup_steps_for
 from medkor.model.policies import POLICIES, LoraOptions, Trainable, trainable_summary
 from medkor.model.throughput import ThroughputMeter, flops_per_token, peak_tflops_for
@@ -68,6 +68,11 @@ class MedGemmaModule(LightningModule):
         trust_remote_code: allow model/tokenizer code from the checkpoint's repository.
         loss_chunk_size: positions per chunk of the cross-entropy; peak logits memory is
             this many rows of the vocabulary instead of all tokens.
+        loss_impl: the fused head + cross-entropy: `torch` (any device), `torch_recompute`
+            (recomputes logits in backward; with gradient accumulation the head gradient
+            goes straight into `.grad`, one head-sized buffer less, one matmul more), `cce`
+            (Cut Cross-Entropy `cce_kahan_full_c`: CUDA and the `cut-cross-entropy` package
+            only, an error elsewhere) or `auto` (`cce` where it can run, else `torch`).
         save_trainable_only: checkpoints hold only trainable parameters (and their
             optimizer state); resuming rebuilds the frozen part from the checkpoint.
         peak_tflops: the accelerator's peak TFLOP/s for `train/mfu`; default: looked up
@@ -95,6 +100,7 @@ class MedGemmaModule(LightningModule):
         torch_dtype: str = "float32",
         trust_remote_code: bool = False,
         loss_chunk_size: int = 512,
+        loss_impl: LossImpl = "torch",
         save_trainable_only: bool = False,
         peak_tflops: Optional[float] = None,
     ) -> None:
@@ -107,7 +113,7 @@ class MedGemmaModule(LightningModule):
             trainable=trainable, lora=lora, learning_rate=learning_rate,
             embedding_learning_rate=embedding_learning_rate, weight_decay=weight_decay, warmup_steps=warmup_steps,
             warmup_ratio=warmup_ratio, min_learning_rate=min_learning_rate, adam_betas=adam_betas,
-            torch_dtype=torch_dtype, loss_chunk_size=loss_chunk_size, peak_tflops=peak_tflops,
+            torch_dtype=torch_dtype, loss_chunk_size=loss_chunk_size, loss_impl=loss_impl, peak_tflops=peak_tflops,
         )
         self.save_hyperparameters()
         self._lora = lora  # hparams keep the value as given (a dict from a config file)
@@ -240,7 +246,7 @@ class MedGemmaModule(LightningModule):
         labels = mask_padding_labels(batch["labels"], attention_mask)
         head = self.hf_model.get_output_embeddings().weight
         softcap = getattr(text_config(self.hf_model), "final_logit_softcapping", None)
-        return chunked_cross_entropy(hidden, head, labels, self.hparams.loss_chunk_size, softcap)
+        return next_token_loss(hidden, head, labels, self.hparams.loss_chunk_size, softcap, self.hparams.loss_impl)
 
     # ---- steps --------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -273,9 +279,12 @@ class MedGemmaModule(LightningModule):
         self.log(self._eval_key("test", dataloader_idx), loss, on_epoch=True, sync_dist=True,
                  batch_size=max(count, 1), add_dataloader_idx=False)
 
-    @staticmethod
-    def _eval_key(stage: str, dataloader_idx: int) -> str:
-        """`val/loss` for the first set; `val/<index>/loss` for any further ones."""
+    def _eval_key(self, stage: str, dataloader_idx: int) -> str:
+        """The datamodule's name for the loader (`val/<name>/loss`); else `val/loss`, `val/<index>/loss`."""
+        names_of = getattr(getattr(self._trainer, "datamodule", None), "metric_names", None)
+        names = names_of(stage) if callable(names_of) else []
+        if dataloader_idx < len(names):
+            return names[dataloader_idx]
         return f"{stage}/loss" if dataloader_idx == 0 else f"{stage}/{dataloader_idx}/loss"
 
     # ---- optimisation -------------------------------------------------------
@@ -387,6 +396,10 @@ def check_options(**options: Any) -> None:
     need(len(o["adam_betas"]) == 2 and all(0 <= b < 1 for b in o["adam_betas"]), "adam_betas",
          "two values in [0, 1)")
     need(o["loss_chunk_size"] >= 1, "loss_chunk_size", ">= 1")
+    one_of("loss_impl", get_args(LossImpl))
+    if o["loss_impl"] == "cce" and not cce_installed():
+        raise ValueError("model.loss_impl: cce needs the cut-cross-entropy package, which is not installed "
+                         "(pip install cut-cross-entropy, CUDA only); use loss_impl: torch or auto")
     need(o["pad_vocab_to_multiple_of"] is None or o["pad_vocab_to_multiple_of"] >= 1, "pad_vocab_to_multiple_of",
          ">= 1 or null")
     need(o["peak_tflops"] is None or o["peak_tflops"] > 0, "peak_tflops", "> 0 or null")
