@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 from medkor.vocab.build import STATS_FILE, ExtendConfig, extend_vocab
 from medkor.vocab.bpe_model import TokenizerFormatError
-from medkor.vocab.candidates import METHODS
+from medkor.vocab.select import TermBudgetError
 from medkor.vocab.corpus import CorpusError
 
 
@@ -23,9 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="medkor extend-vocab",
         description=(
-            "Add Korean tokens to a Gemma 3 (byte-fallback BPE) tokenizer. New tokens become "
-            "entries of the BPE with the merges that build them, after every base id, so they "
-            "are used inside words and decoding stays exact. Writes the tokenizer and "
+            "Add Korean tokens to a Gemma 3 (byte-fallback BPE) tokenizer. BPE training continues "
+            "on the corpus as the base cuts it: each new token is the merge that saves the most "
+            "tokens, ranked after every base merge and given an id after every base id, so base "
+            "ids stay, no text gets longer and decoding stays exact. Writes the tokenizer and "
             f"{STATS_FILE} to --out."
         ),
     )
@@ -33,18 +34,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", required=True, nargs="+", metavar="FILE",
                    help="Corpus files: .jsonl (text in --text_field) or text with one document a line.")
     p.add_argument("--terms", nargs="+", default=[], metavar="FILE",
-                   help="Headword files (one term a line); their Korean words are added before mined candidates.")
+                   help="Headword files (one term a line); their Korean words compete for the budget by what "
+                        "they save (see --term_min_frequency, --term_priority).")
     p.add_argument("--num_new_tokens", required=True, type=int,
-                   help="How many tokens to add, counting the prefixes new tokens are built from.")
+                   help="How many tokens to add (fewer when no pair is left that --min_frequency allows).")
     p.add_argument("--out", required=True, help="Output folder for the extended tokenizer.")
-    p.add_argument("--method", choices=METHODS, default=defaults.method,
-                   help="Candidates: frequent corpus words, pieces of a BPE trained on the corpus, or both "
-                        f"(default: {defaults.method}).")
     p.add_argument("--min_frequency", type=int, default=defaults.min_frequency,
-                   help=f"Corpus occurrences a mined word or piece needs (default: {defaults.min_frequency}).")
+                   help="Corpus occurrences a new merge or a missing character needs "
+                        f"(default: {defaults.min_frequency}).")
     p.add_argument("--term_min_frequency", type=int, default=defaults.term_min_frequency,
-                   help="Corpus occurrences (as a word start) a term needs; 0 adds terms the corpus never uses "
+                   help="Terms that start at least this many corpus words become one token each, whatever "
+                        "they save; 0 makes every term one token, also those the corpus never uses "
                         f"(default: {defaults.term_min_frequency}).")
+    p.add_argument("--term_priority", type=float, default=defaults.term_priority,
+                   help="Weight on what the other terms save when they compete with corpus merges: 1 counts "
+                        "a term seen f times like a pair seen f times, 0 adds only the required terms "
+                        f"(default: {defaults.term_priority}).")
     p.add_argument("--text_field", default=defaults.text_field,
                    help=f"Field holding the text in JSONL files (default: {defaults.text_field}).")
     p.add_argument("--heldout", nargs="+", default=[], metavar="FILE",
@@ -53,9 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout_every", type=int, default=defaults.heldout_every,
                    help=f"Hold out every N-th corpus document when --heldout is not given; 0 holds none "
                         f"(default: {defaults.heldout_every}).")
-    p.add_argument("--subword_vocab_size", type=int, default=defaults.subword_vocab_size,
-                   help=f"Vocabulary size of the BPE trained for the subword method "
-                        f"(default: {defaults.subword_vocab_size}).")
     p.add_argument("--overwrite", action="store_true", help="Replace a tokenizer already in --out.")
     return p
 
@@ -65,7 +67,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = ExtendConfig(**vars(args))
     try:
         report = extend_vocab(cfg)
-    except (CorpusError, TokenizerFormatError, FileNotFoundError, FileExistsError, ValueError) as err:
+    except (CorpusError, TokenizerFormatError, TermBudgetError, FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"medkor extend-vocab: error: {err}", file=sys.stderr)
         return 2
     summary = {k: report[k] for k in ("base_size", "extended_size", "tokens_added", "tokens_added_by_source")}
@@ -73,8 +75,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if report[part]:
             summary[f"{part}_tokens_per_1k_chars"] = report[part]["tokens_per_1k_chars"]
             summary[f"{part}_fewer_tokens_ratio"] = report[part]["fewer_tokens_ratio"]
+            failures = report[part]["round_trip_failures"]
+            summary[f"{part}_round_trip_failures"] = {k: failures[k] for k in ("base", "extended", "added_by_extension")}
+    if report["terms"]:
+        terms = report["terms"]
+        summary["terms"] = {k: terms[k] for k in ("required", "required_single_token", "single_token",
+                                                   "tokens_spent", "tokens_saved_on_corpus")}
     summary["throughput_chars_per_second"] = report["throughput"]["chars_per_second"]
     print(json.dumps(summary, ensure_ascii=False, indent=2))
+    for part in ("corpus", "heldout"):
+        failures = (report[part] or {}).get("round_trip_failures", {})
+        if failures.get("base"):
+            example = failures["base_example"]
+            print(f"note: the base tokenizer itself loses text in {failures['base']} of {failures['documents']} "
+                  f"{part} documents (e.g. {example['text']!r} decodes as {example['decoded']!r}); "
+                  f"the extension adds {failures['added_by_extension']} such documents")
     print(f"wrote {cfg.out} ({STATS_FILE} has the details)")
     return 0
 

@@ -1,13 +1,14 @@
 """Tokenizer extension for Korean (`medkor extend-vocab`), without Lightning.
 
-`extend_vocab(ExtendConfig(...))` mines candidates (`candidates`), picks them within
-a budget (`select`), grows the BPE model by merges (`extend`), drops tokens that
-cost more than they save (`prune`), saves and measures (`stats`).
+`extend_vocab(ExtendConfig(...))` cuts the corpus words with the base tokenizer
+(`merges`), spends the budget on the merges, missing characters and terms that save
+the most (`select`, `terms`), appends them to the BPE model (`extend`), saves and
+measures (`stats`).
 """
 
 from medkor.vocab.build import STATS_FILE, ExtendConfig, extend_vocab
 from medkor.vocab.bpe_model import BpeModel, TokenizerFormatError
-from medkor.vocab.extend import ExtensionResult, extend_bpe, missing_parts
+from medkor.vocab.extend import ExtensionResult, grow_bpe
 
 __all__ = [
     "STATS_FILE",
@@ -15,7 +16,6 @@ __all__ = [
     "ExtendConfig",
     "ExtensionResult",
     "TokenizerFormatError",
-    "extend_bpe",
     "extend_vocab",
-    "missing_parts",
+    "grow_bpe",
 ]

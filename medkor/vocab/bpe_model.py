@@ -20,7 +20,7 @@ Merge = tuple[str, str]
 
 
 class TokenizerFormatError(ValueError):
-    """The base tokenizer is not a byte-fallback BPE with Gemma's `▁` convention."""
+    """The base tokenizer is not a BPE with Gemma's `▁` convention."""
 
 
 @dataclass
@@ -48,10 +48,6 @@ class BpeModel:
                 f"{source}: model type is {model.get('type')!r}; extend-vocab needs a BPE tokenizer "
                 "(Gemma 3 style) so that new tokens can be built by merges"
             )
-        if not model.get("byte_fallback"):
-            raise TokenizerFormatError(
-                f"{source}: BPE without byte_fallback; extend-vocab expects Gemma 3's byte-fallback BPE"
-            )
         if SPACE not in model.get("vocab", {}):
             raise TokenizerFormatError(
                 f"{source}: the vocabulary has no '{SPACE}' token; extend-vocab expects Gemma's "
@@ -63,6 +59,15 @@ class BpeModel:
     @classmethod
     def from_tokenizer(cls, tokenizer: Tokenizer, source: str = "tokenizer") -> "BpeModel":
         return cls.from_json(tokenizer.to_str(), source)
+
+    @property
+    def byte_fallback(self) -> bool:
+        """Whether characters outside the vocabulary are spelled in byte tokens (else `<unk>`)."""
+        return bool(self.spec["model"].get("byte_fallback"))
+
+    @property
+    def unk_token(self) -> str | None:
+        return self.spec["model"].get("unk_token")
 
     @property
     def size(self) -> int:

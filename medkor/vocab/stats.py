@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 from tokenizers import Tokenizer
 
 from medkor.vocab.korean import SPACE, to_text
-
-# Particles and endings that follow a noun in running Korean text.
-PARTICLES = ("은", "는", "이", "가", "을", "를", "의", "에", "에서", "으로", "로", "과", "와", "도", "만")
 
 
 def encode_all(tokenizer: Tokenizer, docs: Sequence[str], batch_size: int = 256) -> list:
@@ -35,42 +32,57 @@ def round_trip_failures(tokenizer: Tokenizer, docs: Sequence[str]) -> list[int]:
     return [i for i, (d, back) in enumerate(zip(docs, decoded)) if d != back]
 
 
+def first_difference(tokenizer: Tokenizer, text: str, width: int = 30) -> dict[str, Any]:
+    """Where `text` and its round trip part: a little of each around the first difference."""
+    back = tokenizer.decode(tokenizer.encode(text, add_special_tokens=False).ids, skip_special_tokens=False)
+    at = next((i for i, (a, b) in enumerate(zip(text, back)) if a != b), min(len(text), len(back)))
+    lo = max(0, at - width // 2)
+    return {"text": text[lo : at + width], "decoded": back[lo : at + width], "at": at}
+
+
+def round_trip_report(base: Tokenizer, extended: Tokenizer, docs: Sequence[str]) -> dict:
+    """Round-trip failures of base and extended counted apart, with an example of each.
+
+    `added` lists documents only the extension loses: those are its fault; the rest
+    the base loses already (no byte fallback, `<unk>`, a lossy normalizer).
+    """
+    lost_base = set(round_trip_failures(base, docs))
+    lost_ext = set(round_trip_failures(extended, docs))
+    added = sorted(lost_ext - lost_base)
+    report: dict[str, Any] = {
+        "documents": len(docs), "base": len(lost_base), "extended": len(lost_ext), "added_by_extension": len(added)
+    }
+    if lost_base:
+        report["base_example"] = first_difference(base, docs[min(lost_base)])
+    if added:
+        report["extension_example"] = first_difference(extended, docs[added[0]])
+    return report
+
+
 def _covered(encoding, start: int, end: int) -> bool:
     """True when one token spans the characters [start, end) from its first one."""
     return any(s == start and e >= end for s, e in encoding.offsets)
 
 
-def usage_contexts(token: str) -> list[tuple[str, int, int]]:
-    """Texts in which `token` must be used: (text, start, end) of its span.
-
-    A word-initial token alone, after another word, and before every particle; a
-    word-internal token alone (which particle may follow it is the corpus's business).
-    """
-    text = to_text(token)
-    if not token.startswith(SPACE):
-        return [(text, 0, len(text))]
-    lead = "환자"
-    contexts = [(text, 0, len(text)), (lead + text, len(lead), len(lead) + len(text))]
-    contexts += [(lead + text + p, len(lead), len(lead) + len(text)) for p in PARTICLES]
-    return contexts
+def not_formed_alone(tokenizer: Tokenizer, tokens: Sequence[str]) -> list[str]:
+    """Tokens that their own text does not encode to (ids no text would ever reach alone)."""
+    encodings = tokenizer.encode_batch([to_text(t) for t in tokens], add_special_tokens=False)
+    return [t for t, enc in zip(tokens, encodings) if enc.tokens != [t]]
 
 
-def unused_tokens(tokenizer: Tokenizer, tokens: Sequence[str]) -> list[str]:
-    """Added tokens that some context of `usage_contexts` splits."""
-    failed: list[str] = []
-    for token in tokens:
-        contexts = usage_contexts(token)
-        encodings = tokenizer.encode_batch([c[0] for c in contexts], add_special_tokens=False)
-        if not all(_covered(enc, s, e) for enc, (_, s, e) in zip(encodings, contexts)):
-            failed.append(token)
-    return failed
+def token_use(tokenizer: Tokenizer, docs: Sequence[str], ids: Sequence[int]) -> int:
+    """How many of `ids` appear at least once in the encodings of `docs`."""
+    wanted, seen = set(ids), set()
+    for enc in encode_all(tokenizer, docs):
+        seen.update(i for i in enc.ids if i in wanted)
+    return len(seen)
 
 
-def corpus_usage(tokenizer: Tokenizer, docs: Sequence[str], word_initial: set[str]) -> tuple[int, int]:
-    """(occurrences, covered): word starts whose longest added `▁` token is kept whole.
+def word_starts_kept_whole(tokenizer: Tokenizer, docs: Sequence[str], word_initial: set[str]) -> tuple[int, int]:
+    """(occurrences, covered): word starts of `docs` that begin with one of `word_initial`.
 
-    Every word of `docs` that begins with an added word-initial token is looked up;
-    the longest such token must appear as one token (or inside a longer one).
+    At each word start the longest such string is looked up; it is covered when one
+    token spans it (alone or inside a longer token).
     """
     longest = max((len(t) for t in word_initial), default=0)
     seen = covered = 0

@@ -1,4 +1,4 @@
-"""A BPE trained on the corpus, in Gemma's `▁` convention (the subword method).
+"""A BPE trained from scratch in Gemma's `▁` convention (test bases, the benchmark's ceiling).
 
 Training runs on words (`▁` kept at the front of the word it belongs to), so the
 learned pieces are word-initial (`▁당뇨`) or word-internal (`병은`) exactly as the
@@ -7,7 +7,6 @@ base tokenizer would meet them.
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Iterable
 
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
@@ -35,12 +34,3 @@ def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> 
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     return tokenizer
-
-
-def piece_counts(tokenizer: Tokenizer, texts: list[str], batch_size: int = 512) -> Counter[str]:
-    """How often each piece is used when `tokenizer` encodes `texts`."""
-    counts: Counter[str] = Counter()
-    for start in range(0, len(texts), batch_size):
-        for encoding in tokenizer.encode_batch(texts[start : start + batch_size], add_special_tokens=False):
-            counts.update(encoding.tokens)
-    return counts

@@ -2,12 +2,14 @@
 
 import json
 import random
+import shutil
 
 import pytest
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
 from medkor.commands.extend_vocab import main
+from medkor.vocab.build import ExtendConfig, extend_vocab
 from medkor.vocab.korean import to_text
 
 
@@ -37,36 +39,38 @@ def test_round_trip_of_every_corpus_text_and_of_random_text(extended, corpus_doc
         assert ext.decode(ext(text, add_special_tokens=False)["input_ids"]) == text
 
 
-def test_every_added_token_is_used_where_its_text_appears(extended):
+def test_every_added_token_is_reachable_and_no_document_gets_longer(extended, base_dir, corpus_docs):
     out, report = extended
     tok = Tokenizer.from_file(str(out / "tokenizer.json"))
-    word_initial = [t["token"] for t in report["new_tokens"] if t["token"].startswith("▁")]
-    assert len(word_initial) > 30
-    for token in word_initial:
-        for particle in ["", "은", "이", "에서", "으로"]:
-            enc = tok.encode("환자" + to_text(token) + particle, add_special_tokens=False)
-            assert any(s == 2 and e >= 2 + len(token) for s, e in enc.offsets), (token, particle, enc.tokens)
+    base = Tokenizer.from_file(str(base_dir / "tokenizer.json"))
     for entry in report["new_tokens"]:
         assert tok.encode(to_text(entry["token"]), add_special_tokens=False).tokens == [entry["token"]]
-    assert report["usage"]["tokens_split_in_some_context"] == []
+        assert entry["saved_on_corpus"] > 0
     usage = report["usage"]
-    assert usage["heldout_word_starts_kept_whole"] == usage["heldout_word_starts_with_new_token"] > 0
+    assert usage["tokens_not_formed_alone"] == [] and usage["tokens_checked"] == 120
+    assert 60 <= usage["tokens_used_on_corpus"] <= 120  # the rest are steps of longer tokens
+    longer = [d for d in corpus_docs
+              if len(tok.encode(d, add_special_tokens=False).ids) > len(base.encode(d, add_special_tokens=False).ids)]
+    assert longer == []
 
 
-def test_stats_file_reports_sources_compression_and_examples(extended):
+def test_stats_file_reports_sources_compression_terms_and_examples(extended):
     out, report = extended
     saved = json.loads((out / "extension_stats.json").read_text(encoding="utf-8"))
     assert saved == json.loads(json.dumps(report))
     assert sum(saved["tokens_added_by_source"].values()) == saved["tokens_added"] == 120
-    assert saved["tokens_added_by_source"]["term"] == 2  # 갑상선기능저하증, 간경변; not the unused term
-    chosen = [t["source"] for t in saved["new_tokens"] if t["source"] not in ("prefix", "char")]
-    assert chosen[:2] == ["term", "term"] and "term" not in chosen[2:]  # terms are preferred
+    assert set(saved["tokens_added_by_source"]) <= {"merge", "char", "term", "term_part"}
+    terms = saved["terms"]  # 갑상선기능저하증 and 간경변 are frequent: the corpus merges make them anyway
+    assert terms["terms"] == 3 and terms["seen_in_corpus"] == 2 and terms["required"] == 2
+    assert terms["required_single_token"] == 2 and terms["required_not_single_token"] == []
+    assert terms["heldout_word_starts_kept_whole"] == terms["heldout_word_starts_with_term"] > 0
     for part in ("corpus", "heldout"):
         figures = saved[part]["tokens_per_1k_chars"]
         assert figures["extended"] < figures["base"]
-        assert saved[part]["round_trip_failures"]["extended"] == 0
+        failures = saved[part]["round_trip_failures"]
+        assert failures["base"] == failures["extended"] == failures["added_by_extension"] == 0
     assert saved["heldout"]["documents"] == 120  # every 10th of 1,200
-    assert saved["heldout"]["fewer_tokens_ratio"] > 1.1
+    assert saved["heldout"]["fewer_tokens_ratio"] > 1.5
     assert saved["examples"] and all(len(e["extended"]) <= len(e["base"]) for e in saved["examples"])
     speed = saved["throughput"]  # the speed figure of the issue, measured on the same text
     assert speed["characters"] > 0 and min(speed["chars_per_second"].values()) > 0
@@ -75,10 +79,22 @@ def test_stats_file_reports_sources_compression_and_examples(extended):
     )
 
 
+def test_rare_terms_cost_nothing_unless_required_or_given_priority(tmp_path, base_dir, corpus_file):
+    terms = tmp_path / "terms.txt"
+    terms.write_text("고혈압성심질환\n", encoding="utf-8")  # never in the corpus
+    common = dict(base=str(base_dir), corpus=[str(corpus_file)], terms=[str(terms)], num_new_tokens=40,
+                  heldout_every=0)
+    off = extend_vocab(ExtendConfig(out=str(tmp_path / "a"), **common))
+    assert off["terms"]["single_token"] == 0 and off["terms"]["tokens_spent"] == 0
+    on = extend_vocab(ExtendConfig(out=str(tmp_path / "b"), term_min_frequency=0, **common))
+    assert on["terms"]["required_single_token"] == 1 and on["terms"]["tokens_spent"] >= 1
+    assert on["tokens_added"] == 40 and on["corpus"]["fewer_tokens_ratio"] < off["corpus"]["fewer_tokens_ratio"]
+
+
 def test_command_writes_refuses_to_clobber_and_reports_bad_input(tmp_path, base_dir, corpus_file, capsys):
     out = tmp_path / "ext"
     args = ["--base", str(base_dir), "--corpus", str(corpus_file), "--num_new_tokens", "10",
-            "--out", str(out), "--method", "words", "--heldout_every", "0"]
+            "--out", str(out), "--heldout_every", "0"]
     assert main(args) == 0
     assert json.loads((out / "extension_stats.json").read_text())["tokens_added"] == 10
     assert main(args) == 2
@@ -89,3 +105,30 @@ def test_command_writes_refuses_to_clobber_and_reports_bad_input(tmp_path, base_
     assert "cannot load a tokenizer from" in capsys.readouterr().err
     assert main(args + ["--overwrite", "--num_new_tokens", "-5"]) == 2
     assert "--num_new_tokens must be >= 0, got -5" in capsys.readouterr().err
+    assert main(args + ["--overwrite", "--terms", str(base_dir / "tokenizer.json"), "--term_min_frequency", "0",
+                        "--num_new_tokens", "1"]) == 2
+    assert "need" in capsys.readouterr().err
+
+
+def test_a_base_that_loses_text_is_told_apart_from_the_extension(tmp_path, base_dir, corpus_docs, capsys):
+    lossy = tmp_path / "lossy"
+    shutil.copytree(base_dir, lossy)
+    spec = json.loads((lossy / "tokenizer.json").read_text(encoding="utf-8"))
+    spec["model"]["byte_fallback"] = False  # characters outside the vocabulary become <unk>
+    (lossy / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+    config = json.loads((lossy / "tokenizer_config.json").read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"  # GemmaTokenizer would turn byte fallback back on
+    (lossy / "tokenizer_config.json").write_text(json.dumps(config))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(corpus_docs[:300] + ["환자는 😀 좋아졌다."] * 3) + "\n", encoding="utf-8")
+    out = tmp_path / "ext"
+    assert main(["--base", str(lossy), "--corpus", str(corpus), "--num_new_tokens", "20", "--out", str(out),
+                 "--heldout_every", "0"]) == 0
+    printed = capsys.readouterr().out
+    failures = json.loads((out / "extension_stats.json").read_text())["corpus"]["round_trip_failures"]
+    lost = failures["base"]
+    assert lost >= 3 and failures["extended"] == lost and failures["added_by_extension"] == 0
+    assert f"the base tokenizer itself loses text in {lost} of 303 corpus documents" in printed
+    assert "the extension adds 0 such documents" in printed
+    example = failures["base_example"]
+    assert "<unk>" in example["decoded"] and example["text"] != example["decoded"]

@@ -1,54 +1,88 @@
 from collections import Counter
 
-from medkor.vocab.candidates import Candidate, build_candidates, prefix_counts
-from medkor.vocab.select import select_tokens
+import pytest
+from test_extend import BASE, pieces
 
-VOCAB = {t: i for i, t in enumerate(["<unk>", "▁", "당", "뇨", "병", "은", "폐", "렴", "▁당"])}
+from medkor.vocab.extend import grow_bpe
+from medkor.vocab.merges import WordTable
+from medkor.vocab.select import MergeSelector, TermBudgetError
+from medkor.vocab.terms import TermPlan, prefix_counts
 
-
-def cand(token, source="word", frequency=10, pieces=3):
-    return Candidate(token, source, frequency, pieces)
-
-
-def test_budget_counts_the_prefixes_a_token_needs():
-    chosen = select_tokens([cand("▁당뇨병"), cand("▁폐렴"), cand("병은")], VOCAB, budget=3)
-    # Best saving per token spent first: 병은 costs 1; ▁당뇨병 brings ▁당뇨 (▁당 is a base
-    # token) and costs 2; then the budget is spent.
-    assert chosen.tokens == ["병은", "▁당뇨", "▁당뇨병"]
-    assert chosen.sources == {"▁당뇨": "prefix", "▁당뇨병": "word", "병은": "word"}
-    tight = select_tokens([cand("▁당뇨병"), cand("▁폐렴"), cand("병은")], VOCAB, budget=2)
-    assert tight.tokens == ["병은"] and tight.skipped == 2  # each other one needs 2 more
-    assert select_tokens([cand("▁당뇨병")], VOCAB, budget=0).tokens == []
+WORDS = Counter({"▁당뇨병은": 40, "당시원": 30, "▁폐렴": 12, "폐렴은": 9, "▁원시": 2})
 
 
-def test_a_candidate_that_is_another_ones_prefix_keeps_its_source_and_is_not_duplicated():
-    chosen = select_tokens([cand("▁당뇨병", frequency=9), cand("▁당뇨", "subword", 5)], VOCAB, budget=10)
-    assert chosen.tokens == ["▁당뇨", "▁당뇨병"]
-    assert chosen.sources["▁당뇨"] == "subword"
-    chars = select_tokens([cand("간암")], VOCAB, budget=10)
-    assert chars.tokens == ["간", "암", "간암"] and chars.by_source() == {"char": 2, "word": 1}
+def select(words=WORDS, budget=10, plan=None, min_frequency=2, banned=frozenset()):
+    table = WordTable(words, BASE.to_tokenizer(), dict(BASE.vocab))
+    selector = MergeSelector(table, budget, min_frequency, plan, banned)
+    return selector, selector.run(), table
 
 
-def test_candidates_filter_prefer_terms_and_score(base_dir, corpus_docs):
-    from transformers import AutoTokenizer
+def encoded_tokens(model, words):
+    tok = model.to_tokenizer()
+    return sum(n * len(tok.encode(w.replace("▁", " "), add_special_tokens=False).ids) for w, n in words.items())
 
-    hf = AutoTokenizer.from_pretrained(str(base_dir))
-    base = hf.backend_tokenizer
-    vocab = hf.get_vocab()
-    terms = ["▁갑상선기능저하증", "▁없는용어", "▁환자"]
-    cands = build_candidates(base, set(vocab), corpus_docs, "both", 3, terms=terms)
-    tokens = [c.token for c in cands]
-    assert len(tokens) == len(set(tokens))
-    assert tokens[0] == "▁갑상선기능저하증" and cands[0].source == "term"
-    assert "▁없는용어" not in tokens  # never in the corpus
-    for c in cands:
-        assert c.token not in vocab and c.base_pieces >= 2
-        assert c.token.strip("▁") and not any(ch.isspace() or ord(ch) < 32 for ch in c.token)
-    mined = [c for c in cands if c.source != "term"]
-    assert [c.score for c in mined] == sorted((c.score for c in mined), reverse=True)
-    assert {c.source for c in mined} == {"word", "subword"}
-    words_only = build_candidates(base, set(vocab), corpus_docs, "words", 3)
-    assert {c.source for c in words_only} == {"word"}
+
+def test_most_saving_step_first_and_the_tokenizer_cuts_as_simulated():
+    _, learned, table = select(budget=6)
+    # 당시원 (당시 | 원, 30) and 당뇨병은 (4 pieces, 40) give the most frequent pairs; the
+    # characters 폐 and 렴 (3 bytes each, 21 uses) save 42 each, more than any pair.
+    assert learned.tokens[:4] == ["렴", "폐", "▁당", "▁당뇨"]
+    assert len(learned.tokens) == 6 and learned.saved["폐"] == 42 and learned.sources["폐"] == "char"
+    assert list(learned.saved.values()) == sorted(learned.saved.values(), reverse=True)
+    model = grow_bpe(BASE, learned).model
+    assert encoded_tokens(model, WORDS) == table.total_tokens() < encoded_tokens(BASE, WORDS)
+
+
+def test_no_budget_no_tokens_and_pairs_below_min_frequency_are_left():
+    assert select(budget=0)[1].tokens == []
+    _, learned, _ = select(budget=100, min_frequency=13)
+    assert "▁원시" not in learned.tokens and "▁폐렴" not in learned.tokens
+    assert "▁당뇨병은" in learned.tokens and "당시원" in learned.tokens
+
+
+def test_a_merge_into_a_base_token_costs_no_id():
+    # 원시 is a base token the base never forms from 원 | 시 (it has no such merge).
+    base_words = Counter({"원시": 50, "당뇨": 5})
+    from test_extend import tiny_base
+
+    base = tiny_base(["원", "시", "원시", "당", "뇨"], [])
+    table = WordTable(base_words, base.to_tokenizer(), dict(base.vocab))
+    learned = MergeSelector(table, 1).run()
+    assert learned.merges[0] == ("원", "시") and learned.free_merges == 1
+    assert learned.tokens == ["당뇨"]
+    assert pieces(grow_bpe(base, learned).model, "원시 당뇨") == ["원시", "▁", "당뇨"]
+
+
+def test_required_terms_become_one_token_and_their_budget_is_held_back():
+    words = WORDS + Counter({"▁폐렴구균은": 3})
+    plan = TermPlan.from_corpus(["▁폐렴구균", "▁없는말"], words, required_from=3, priority=1.0)
+    assert plan.frequency == {"▁폐렴구균": 3, "▁없는말": 0} and plan.required() == ["▁폐렴구균"]
+    _, plain, plain_table = select(words, budget=12)
+    assert "▁폐렴구균" not in plain.tokens  # three uses: the corpus has better pairs
+    _, learned, table = select(words, budget=12, plan=plan)
+    assert len(learned.tokens) == 12 and learned.sources["▁폐렴구균"] == "term"
+    assert pieces(grow_bpe(BASE, learned).model, " 폐렴구균") == ["▁폐렴구균"]
+    # The corpus's best merges come first; the term takes only the budget held back for it.
+    assert learned.tokens[:6] == plain.tokens[:6] and "▁없는말" not in learned.tokens
+    assert set(learned.tokens[6:]) == {"구", "균", "폐렴", "▁폐렴", "▁폐렴구", "▁폐렴구균"}
+    assert plain_table.total_tokens() == 106 and table.total_tokens() == 112  # of 415 with the base
+    # With the whole budget needed by the term, it is all the term gets.
+    assert select(words, budget=8, plan=plan)[1].tokens[-1] == "▁폐렴구균"
+
+
+def test_other_terms_compete_by_what_they_save_times_the_priority():
+    words = WORDS + Counter({"▁폐렴구균은": 2})
+    low = TermPlan.from_corpus(["▁폐렴구균"], words, required_from=5, priority=1.0)
+    high = TermPlan.from_corpus(["▁폐렴구균"], words, required_from=5, priority=30.0)
+    assert "▁폐렴구균" not in select(words, budget=8, plan=low)[1].tokens
+    assert select(words, budget=8, plan=high)[1].sources.get("▁폐렴구균") == "term"
+
+
+def test_required_terms_that_do_not_fit_are_refused_with_the_fix():
+    plan = TermPlan({"▁폐렴구균": 3, "▁심근경색": 4}, required_from=3)
+    with pytest.raises(TermBudgetError, match=r"the 2 terms seen at least 3 times need \d+ new tokens, more than "
+                                              r"--num_new_tokens 3: raise --num_new_tokens or --term_min_frequency"):
+        select(budget=3, plan=plan)
 
 
 def test_prefix_counts_count_word_starts():
