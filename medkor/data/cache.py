@@ -35,7 +35,7 @@ from medkor.data.sources import Selection
 
 log = logging.getLogger("medkor.data")
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: rows carry ignored spans (formats with prompts)
 MANIFEST = "manifest.json"
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
@@ -55,11 +55,11 @@ class CacheRequest:
     data_dir: Path
     cache_dir: Path
     tokenizer_path: str
-    format: str = "text"
     max_length: int = 2048
     packing: bool = True
     num_proc: Optional[int] = None
     overwrite: bool = False
+    on_long_example: str = "error"  # formats with examples: one longer than a row is an error or skipped
 
 
 @dataclass
@@ -75,6 +75,11 @@ class CacheResult:
     seconds: float
     manifest: dict[str, Any] = field(repr=False, default_factory=dict)
 
+    @property
+    def fill_rate(self) -> float:
+        """Useful tokens / row tokens (rows x max_length)."""
+        return float(self.manifest.get("fill_rate", 0.0))
+
     def summary(self) -> dict[str, Any]:
         return {
             "split": self.split,
@@ -83,6 +88,7 @@ class CacheResult:
             "key": self.key,
             "rows": self.rows,
             "tokens": self.tokens,
+            "fill_rate": round(self.fill_rate, 4),
             "seconds": round(self.seconds, 3),
         }
 
@@ -96,8 +102,7 @@ def key_inputs(request: CacheRequest, memo: FingerprintMemo, load_tokenizer: Cal
         "files": file_fingerprints(sel.files, Path(request.data_dir), memo),
         "params": {
             "split": request.split,
-            "format": request.format,
-            "text_field": sel.text_field,
+            **sel.spec.key(),
             "max_length": request.max_length,
             "packing": request.packing,
             "max_samples": sel.max_samples,
@@ -105,6 +110,7 @@ def key_inputs(request: CacheRequest, memo: FingerprintMemo, load_tokenizer: Cal
             "from_train": sel.val_fraction > 0,
             "seed": sel.seed,
             "on_bad_record": sel.on_bad_record,
+            **({"on_long_example": request.on_long_example} if sel.spec.examples else {}),
         },
     }
 
@@ -264,6 +270,7 @@ def _build(
             request.packing,
             request.num_proc,
             request.split,
+            request.on_long_example,  # type: ignore[arg-type]
         )
         bos, eos, pad = special_ids(tokenizer)
         rows_path = tmp / ROWS_FILE
@@ -277,9 +284,13 @@ def _build(
             "data_dir": str(request.data_dir),
             "rows": stats.rows,
             "tokens": stats.tokens,
+            "learned_tokens": stats.learned,
+            "fill_rate": round(stats.fill_rate, 6),
             "documents": stats.documents,
             "skipped": stats.skipped,
             "skipped_examples": stats.skipped_examples,
+            "long_skipped": stats.long_skipped,
+            "long_examples": stats.long_examples,
             "max_length": request.max_length,
             "packing": request.packing,
             "bos_token_id": bos,
@@ -298,6 +309,11 @@ def _build(
             log.warning(
                 "%s: skipped %d bad records (on_bad_record: skip), e.g. %s",
                 request.split, stats.skipped, stats.skipped_examples[0],
+            )
+        if stats.long_skipped:
+            log.warning(
+                "%s: skipped %d examples longer than max_length (on_long_example: skip), e.g. %s",
+                request.split, stats.long_skipped, stats.long_examples[0],
             )
         return tmp, manifest
     except BaseException:

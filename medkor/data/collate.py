@@ -24,7 +24,10 @@ def position_ids_for(length: int, doc_starts: np.ndarray) -> np.ndarray:
 
 
 class Collator:
-    """Pads a list of (input_ids, doc_starts) rows to the longest one.
+    """Pads a list of (input_ids, doc_starts[, ignored_spans]) rows to the longest one.
+
+    Labels are the ids except at padding, at every document start, and inside the
+    row's ignored [start, end) spans (prompt and template tokens).
 
     Args:
         pad_token_id: Id written into padding positions (they are masked and ignored).
@@ -36,19 +39,22 @@ class Collator:
         self.pad_to_multiple_of = max(1, pad_to_multiple_of)
 
     def __call__(self, rows: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, torch.Tensor]:
-        longest = max(len(ids) for ids, _ in rows)
+        longest = max(len(row[0]) for row in rows)
         width = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
         batch = len(rows)
         input_ids = np.full((batch, width), self.pad_token_id, dtype=np.int64)
         labels = np.full((batch, width), IGNORE_INDEX, dtype=np.int64)
         attention = np.zeros((batch, width), dtype=np.int64)
         positions = np.zeros((batch, width), dtype=np.int64)
-        for i, (ids, starts) in enumerate(rows):
+        for i, (ids, starts, *rest) in enumerate(rows):
             n = len(ids)
             input_ids[i, :n] = ids
             labels[i, :n] = ids
             # a document's first token (BOS) is never a target: nothing before it predicts it
             labels[i, np.asarray(starts, dtype=np.int64)] = IGNORE_INDEX
+            spans = rest[0] if rest else ()
+            for begin, end in zip(spans[0::2], spans[1::2]):
+                labels[i, begin:end] = IGNORE_INDEX
             attention[i, :n] = 1
             positions[i, :n] = position_ids_for(n, starts)
         return {

@@ -19,12 +19,28 @@ from torch.utils.data import DataLoader
 
 from medkor.data.cache import CacheRequest, CacheResult, ensure_caches, open_cache
 from medkor.data.collate import Collator
+from medkor.data.encode import OnLongExample
+from medkor.data.formats import DEFAULT_TEMPLATE, FORMATS, FormatSpec, LossOn
 from medkor.data.rows import RowsFile
 from medkor.data.loader import ResumableDataLoader
 from medkor.data.sampler import EpochShuffleSampler
-from medkor.data.sources import OnBadRecord, Selection, require_train_files, split_files
+from medkor.data.sources import DataError, OnBadRecord, Selection, require_train_files, split_files
+from medkor.data.val_sets import parse_val_sets
+from medkor.eval.prompts import PromptStyle
 
-FORMATS = ("text",)
+log = logging.getLogger("medkor.data")
+
+
+def describe(result: CacheResult) -> str:
+    """One line a person reads: rows, tokens, how full the rows are, how much of it is learned."""
+    manifest = result.manifest
+    learned = manifest.get("learned_tokens")
+    share = f", {learned / max(result.tokens, 1):.1%} of them learned" if learned is not None else ""
+    skipped = manifest.get("skipped", 0) + manifest.get("long_skipped", 0)
+    return (
+        f"{result.split}: {result.rows:,} rows of {manifest.get('max_length')}, {result.tokens:,} tokens{share}, "
+        f"fill rate {result.fill_rate:.1%} ({result.status})" + (f", {skipped} records skipped" if skipped else "")
+    )
 
 
 def _ensure_log_handler() -> None:
@@ -46,13 +62,31 @@ class MedKorDataModule(pl.LightningDataModule):
             optionally `validation.jsonl` and `test.jsonl` (same patterns), one JSON
             object per line. Without a test file, `medkor test` uses the validation rows.
         tokenizer_path: Tokenizer folder or hub id; linked from `model.tokenizer_path`.
-        format: Record format; `text` (continued pretraining on the `text_field` string).
-        text_field: Field of each record that holds the document text.
+        format: Record format (docs/stages.md): `text` (continued pretraining on the
+            `text_field` string), `dictionary` (term and definition through `template`),
+            `chat` (prompt/completion or messages, loss on the assistant turns only) or
+            `mcq` (KorMedMCQA-schema records as the evaluation's prompt, then the answer letter).
+        text_field: `text`: field of each record that holds the document text.
+        term_field: `dictionary`: field holding the term.
+        definition_field: `dictionary`: field holding the definition.
+        template: `dictionary`: format string with `{term}` and `{definition}`.
+        loss_on: `dictionary`: `all` tokens learned, or `completion` (from the definition on).
+        prompt_field: `chat`: field of the user prompt.
+        completion_field: `chat`: field of the learned answer.
+        messages_field: `chat`: field of a `{role, content}` list (records without `prompt_field`).
+        prompt_style: `mcq`: `harness` or `chat`, the prompt `KorMedMCQAEval` scores with.
+        cot: `mcq`: put the record's `cot` text before the answer letter where it has one.
         max_length: Tokens per row.
-        packing: Concatenate documents (BOS ... EOS each) and cut rows of exactly
+        packing: `text`: concatenate documents (BOS ... EOS each) and cut rows of exactly
             `max_length`; the remainder becomes one shorter final row, so no token is
-            lost. False: one document per row, split into `max_length` pieces.
-            Default: true for `text`.
+            lost. Other formats: several whole examples per row (best-fit decreasing),
+            never one cut in two. False: one document (example) per row; a text document
+            longer than a row is split into `max_length` pieces. Default: true.
+        on_long_example: Formats other than `text`: an example longer than `max_length`
+            is an `error` naming file:line, or is `skip`ped and counted in the manifest.
+        val_sets: Further validation sets by name, each `{path: FILE_OR_FOLDER, format:
+            ..., <format options>, max_samples}` (default format `text`), logged as
+            `val/<name>/loss`; the `validation*.jsonl` of `data_dir` stays `val/loss`.
         max_samples: Keep at most this many documents per split (in file order).
         cache_dir: Where caches live; default `<data_dir>/.cache`.
         overwrite_cache: Rebuild even when a valid cache exists.
@@ -77,8 +111,19 @@ class MedKorDataModule(pl.LightningDataModule):
         tokenizer_path: Optional[str] = None,
         format: str = "text",
         text_field: str = "text",
+        term_field: str = "term",
+        definition_field: str = "definition",
+        template: str = DEFAULT_TEMPLATE,
+        loss_on: LossOn = "all",
+        prompt_field: str = "prompt",
+        completion_field: str = "completion",
+        messages_field: str = "messages",
+        prompt_style: PromptStyle = "harness",
+        cot: bool = False,
         max_length: int = 2048,
         packing: Optional[bool] = None,
+        on_long_example: OnLongExample = "error",
+        val_sets: Optional[dict[str, Any]] = None,
         max_samples: Optional[int] = None,
         cache_dir: Optional[str] = None,
         overwrite_cache: bool = False,
@@ -93,6 +138,14 @@ class MedKorDataModule(pl.LightningDataModule):
         super().__init__()
         if format not in FORMATS:
             raise ValueError(f"format {format!r} is not supported; choose one of {', '.join(FORMATS)}")
+        if on_long_example not in ("error", "skip"):
+            raise ValueError(f"on_long_example must be 'error' or 'skip', got {on_long_example!r}")
+        self.spec = FormatSpec(
+            format=format, text_field=text_field, term_field=term_field, definition_field=definition_field,
+            template=template, loss_on=loss_on, prompt_field=prompt_field, completion_field=completion_field,
+            messages_field=messages_field, prompt_style=prompt_style, cot=cot,
+        )
+        self.val_sets = parse_val_sets(val_sets, self.spec)
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         if max_samples is not None and max_samples < 1:
@@ -105,6 +158,7 @@ class MedKorDataModule(pl.LightningDataModule):
         self.text_field = text_field
         self.max_length = max_length
         self.packing = True if packing is None else packing
+        self.on_long_example = on_long_example
         self.max_samples = max_samples
         self.cache_dir = cache_dir if cache_dir is not None else str(Path(data_dir) / ".cache")
         self.overwrite_cache = overwrite_cache
@@ -125,7 +179,7 @@ class MedKorDataModule(pl.LightningDataModule):
             raise ValueError("data.tokenizer_path is not set (it is linked from model.tokenizer_path)")
         train = require_train_files(self.data_dir)
         validation = split_files(self.data_dir, "validation")
-        common = dict(text_field=self.text_field, on_bad_record=self.on_bad_record, max_samples=self.max_samples, seed=self.seed)
+        common = dict(spec=self.spec, on_bad_record=self.on_bad_record, max_samples=self.max_samples, seed=self.seed)
         selections = {"train": Selection(files=train, **common)}
         if validation:
             selections["validation"] = Selection(files=validation, **common)
@@ -135,6 +189,11 @@ class MedKorDataModule(pl.LightningDataModule):
         test = split_files(self.data_dir, "test")
         if test:
             selections["test"] = Selection(files=test, **common)
+        for val_set in self.val_sets:
+            selections[val_set.split] = Selection(
+                files=val_set.files, spec=val_set.spec, on_bad_record=self.on_bad_record,
+                max_samples=val_set.max_samples, seed=self.seed,
+            )
         return [
             CacheRequest(
                 split=split,
@@ -142,9 +201,9 @@ class MedKorDataModule(pl.LightningDataModule):
                 data_dir=Path(self.data_dir),
                 cache_dir=Path(self.cache_dir),
                 tokenizer_path=self.tokenizer_path,
-                format=self.format,
                 max_length=self.max_length,
                 packing=self.packing,
+                on_long_example=self.on_long_example,
                 num_proc=self.num_proc,
                 overwrite=self.overwrite_cache,
             )
@@ -152,8 +211,11 @@ class MedKorDataModule(pl.LightningDataModule):
         ]
 
     def prepare_caches(self) -> list[CacheResult]:
-        """Find or build every split's cache (all or none published); returns what happened to each."""
-        return ensure_caches(self.cache_requests())
+        """Find or build every split's cache (all or none published), say how full each one's rows are."""
+        results = ensure_caches(self.cache_requests())
+        for result in results:
+            log.info(describe(result))
+        return results
 
     def prepare_data(self) -> None:
         self.prepare_caches()
@@ -186,8 +248,21 @@ class MedKorDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
 
+    def val_splits(self) -> list[str]:
+        """The validation loaders' splits, in loader order: `validation` (if any), then each named set."""
+        named = [val_set.split for val_set in self.val_sets]
+        return [split for split in ["validation", *named] if split in self.datasets or not self.datasets]
+
+    def metric_names(self, stage: str) -> list[str]:
+        """The loss name of each loader of `stage` (`val`: `val/loss`, then `val/<name>/loss`)."""
+        if stage != "val":
+            return [f"{stage}/loss"]
+        names = {val_set.split: val_set.name for val_set in self.val_sets}
+        return [f"val/{names[split]}/loss" if split in names else "val/loss" for split in self.val_splits()]
+
     def val_dataloader(self) -> Any:
-        return self._loader("validation", shuffle=False) if "validation" in self.datasets else []
+        loaders = [self._loader(split, shuffle=False) for split in self.val_splits() if split in self.datasets]
+        return loaders[0] if len(loaders) == 1 else loaders
 
     def test_dataloader(self) -> Any:
         if "test" in self.datasets:

@@ -25,12 +25,13 @@ from dataclasses import dataclass
 from itertools import chain
 from multiprocessing.connection import wait
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Literal, Optional
 
 import numpy as np
 
+from medkor.data.formats import ExampleEncoder, flatten
 from medkor.data.sources import (
-    CHUNK_BYTES, LineSpan, ReadStats, Selection, check_file, line_spans, no_records_error, parse_chunk, read_span,
+    CHUNK_BYTES, DataError, LineSpan, ReadStats, Selection, check_file, line_spans, no_records_error, parse_chunk, read_span,
 )
 
 IN_FLIGHT_PER_WORKER = 2  # chunks queued per worker: enough to never idle, little memory
@@ -48,6 +49,7 @@ class EncodedChunk:
     line_numbers: np.ndarray  # int64 line of each kept document
     records: int  # lines that passed the check, kept by the split or not
     problems: list[tuple[int, str]]
+    ignored: Optional[np.ndarray] = None  # bool per token: never a target (None: `text`, all learned)
 
 
 def with_bos_eos(encodings: list[Any], bos: int, eos: int) -> tuple[np.ndarray, np.ndarray]:
@@ -63,23 +65,32 @@ def with_bos_eos(encodings: list[Any], bos: int, eos: int) -> tuple[np.ndarray, 
 
 
 class ChunkEncoder:
-    """Check, select and tokenize one chunk; the same function runs in a worker or in-process."""
+    """Check, select and tokenize one chunk; the same function runs in a worker or in-process.
 
-    def __init__(self, selection: Selection, backend: Any, bos: int, eos: int) -> None:
+    `tokenizer` (the Hugging Face one) is needed by the formats that render with its
+    chat template or the evaluation's encoding (`chat`, `mcq`); `backend` tokenizes the rest.
+    """
+
+    def __init__(self, selection: Selection, backend: Any, bos: int, eos: int, tokenizer: Any = None) -> None:
         self.selection = selection
         self.backend = backend  # a `tokenizers.Tokenizer`
         self.bos = bos
         self.eos = eos
+        self.examples = ExampleEncoder(selection.spec, tokenizer, backend, bos, eos)
 
     def __call__(self, span: LineSpan) -> EncodedChunk:
         chunk = read_span(span)
-        parsed = parse_chunk(chunk, self.selection.text_field)
-        kept = [i for i, text in enumerate(parsed.texts) if self.selection.keeps(text)]
-        texts = [parsed.texts[i] for i in kept]
-        encodings = self.backend.encode_batch_fast(texts, add_special_tokens=False) if texts else []
-        values, lengths = with_bos_eos(encodings, self.bos, self.eos)
+        spec = self.selection.spec
+        parsed = parse_chunk(chunk, spec)
+        kept = [i for i, item in enumerate(parsed.texts) if self.selection.keeps(item)]
+        items = [parsed.texts[i] for i in kept]
         lines = np.array([parsed.line_numbers[i] for i in kept], dtype=np.int64)
-        return EncodedChunk(chunk.path, values, lengths, lines, len(parsed.texts), parsed.problems)
+        if not spec.examples:
+            encodings = self.backend.encode_batch_fast(items, add_special_tokens=False) if items else []
+            values, lengths = with_bos_eos(encodings, self.bos, self.eos)
+            return EncodedChunk(chunk.path, values, lengths, lines, len(parsed.texts), parsed.problems)
+        values, lengths, ignored = flatten(*self.examples.encode(items))
+        return EncodedChunk(chunk.path, values, lengths, lines, len(parsed.texts), parsed.problems, ignored)
 
 
 def usable_cores() -> int:
@@ -99,6 +110,30 @@ def worker_count(num_proc: Optional[int], total_bytes: int, chunk_bytes: int = C
     return max(1, min(wanted, chunks))
 
 
+OnLongExample = Literal["error", "skip"]
+
+
+def _drop_long(result: EncodedChunk, limit: int, on_long: OnLongExample, selection: Selection,
+               stats: ReadStats) -> EncodedChunk:
+    """Examples longer than `limit` (never cut in two): an error naming the first, or skipped and counted."""
+    long = result.lengths > limit
+    if not long.any():
+        return result
+    first = int(result.line_numbers[int(np.argmax(long))])
+    if on_long == "error":
+        stats.record(result.path, [(line, p) for line, p in result.problems if line < first], selection.on_bad_record)
+        size = int(result.lengths[int(np.argmax(long))])
+        raise DataError(
+            f"{result.path}:{first}: example has {size} tokens, more than max_length {limit}, and an example "
+            "is never cut in two; raise max_length, shorten the record, or set on_long_example: skip"
+        )
+    for line, size in zip(result.line_numbers[long], result.lengths[long]):
+        stats.record_long(result.path, int(line), int(size), limit)
+    keep = np.repeat(~long, result.lengths)
+    return EncodedChunk(result.path, result.values[keep], result.lengths[~long], result.line_numbers[~long],
+                        result.records, result.problems, result.ignored[keep])
+
+
 def encode_split(
     selection: Selection,
     backend: Any,
@@ -108,36 +143,47 @@ def encode_split(
     stats: ReadStats,
     on_documents: Callable[[int], Any] = lambda count: None,
     chunk_bytes: int = CHUNK_BYTES,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The split's documents as (flat int32 tokens, lengths) batches, in file order.
+    tokenizer: Any = None,
+    max_example: Optional[int] = None,
+    on_long_example: OnLongExample = "error",
+) -> Iterator[tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]]:
+    """The split's documents as (flat int32 tokens, lengths, ignored flags or None) batches, in file order.
 
     Bad lines raise `DataError` naming `file:line`, or are counted in `stats` when
-    skipped; reading stops after `max_samples` kept documents; a file without a
-    single usable record is an error. `on_documents` is told each batch's size.
+    skipped; an example (any format but `text`) longer than `max_example` tokens is an
+    error or skipped (`on_long_example`); reading stops after `max_samples` kept
+    documents; a file without a single usable record is an error. `on_documents` is
+    told each batch's size.
     """
+    if on_long_example not in ("error", "skip"):
+        raise ValueError(f"on_long_example must be 'error' or 'skip', got {on_long_example!r}")
     for path in selection.files:
         check_file(path)
     workers = worker_count(num_proc, sum(path.stat().st_size for path in selection.files), chunk_bytes)
     spans = (span for path in selection.files for span in line_spans(path, chunk_bytes))
-    encoder = ChunkEncoder(selection, backend, bos, eos)
+    encoder = ChunkEncoder(selection, backend, bos, eos, tokenizer)
     results = ordered_map(encoder, spans, workers)
     records = {path: 0 for path in selection.files}
     kept, limit = 0, selection.max_samples
     try:
         for result in results:
-            values, lengths, problems = result.values, result.lengths, result.problems
+            if result.ignored is not None and max_example is not None:
+                result = _drop_long(result, max_example, on_long_example, selection, stats)
+            values, lengths, problems, ignored = result.values, result.lengths, result.problems, result.ignored
             full = limit is not None and kept + len(lengths) >= limit
             if full:  # take the first documents only; lines after the last one taken are not read
                 take = limit - kept
                 last_line = int(result.line_numbers[take - 1])
                 problems = [(line, problem) for line, problem in problems if line < last_line]
-                values, lengths = values[: int(lengths[:take].sum())], lengths[:take]
+                tokens = int(lengths[:take].sum())
+                values, lengths = values[:tokens], lengths[:take]
+                ignored = None if ignored is None else ignored[:tokens]
             stats.record(result.path, problems, selection.on_bad_record)
             records[result.path] += result.records
             kept += len(lengths)
             on_documents(len(lengths))
             if len(lengths):
-                yield values, lengths
+                yield values, lengths, ignored
             if full:
                 return
     finally:

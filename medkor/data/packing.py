@@ -13,7 +13,7 @@ so position ids can restart there and a document-aware attention mask can be bui
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -26,9 +26,19 @@ class Rows:
     offsets: np.ndarray  # int32, len(rows) + 1
     starts: np.ndarray  # int32 document starts inside each row, concatenated
     starts_offsets: np.ndarray  # int32, len(rows) + 1
+    spans: Optional[np.ndarray] = None  # int32 [start, end) pairs never learned, inside each row, concatenated
+    spans_offsets: Optional[np.ndarray] = None  # int32, len(rows) + 1; None: no such spans (text)
+
+    def __post_init__(self) -> None:
+        if self.spans is None:
+            self.spans = np.zeros(0, dtype=np.int32)
+            self.spans_offsets = np.zeros(len(self.offsets), dtype=np.int32)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
+
+    def tokens(self) -> int:
+        return int(self.offsets[-1] - self.offsets[0])
 
 
 def _doc_offsets(lengths: np.ndarray) -> np.ndarray:
@@ -109,3 +119,21 @@ class Packer:
             starts=np.zeros(n, dtype=np.int32),
             starts_offsets=np.arange(n + 1, dtype=np.int32),
         )
+
+
+def learned_tokens(rows: Rows) -> int:
+    """Positions of a batch of rows that are targets: not a document start, not inside an ignored span."""
+    total = rows.tokens()
+    if not total:
+        return 0
+    base = rows.offsets[:-1].astype(np.int64) - int(rows.offsets[0])
+    mark = np.zeros(total + 1, dtype=np.int64)
+    span_rows = np.repeat(np.arange(len(rows)), np.diff(rows.spans_offsets) // 2)
+    begins = rows.spans[0::2].astype(np.int64) + base[span_rows]
+    ends = rows.spans[1::2].astype(np.int64) + base[span_rows]
+    np.add.at(mark, begins, 1)
+    np.add.at(mark, ends, -1)
+    learned = np.cumsum(mark[:-1]) == 0
+    start_rows = np.repeat(np.arange(len(rows)), np.diff(rows.starts_offsets))
+    learned[rows.starts.astype(np.int64) + base[start_rows]] = False
+    return int(learned.sum())

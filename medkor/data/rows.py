@@ -1,7 +1,8 @@
 """Read and write the rows file of a cache: Arrow IPC, memory-mapped on load.
 
-Schema: `input_ids: list<int32>` and `doc_starts: list<int32>` (where documents begin
-inside the row). Every record batch but the last holds the same number of rows
+Schema: `input_ids: list<int32>`, `doc_starts: list<int32>` (where documents begin
+inside the row) and `ignored_spans: list<int32>` ([start, end) pairs of positions that
+are never learned: prompt and template tokens; empty for plain text). Every record batch but the last holds the same number of rows
 (schema metadata `rows_per_batch`, chosen for about 16 M tokens, so no list column
 overflows 32-bit offsets). Row i is then in batch i // rows_per_batch, and opening a
 file reads its footer and last batch only, however large the corpus.
@@ -18,7 +19,11 @@ import pyarrow as pa
 from medkor.data.packing import Rows
 
 ROWS_FILE = "rows.arrow"
-SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("doc_starts", pa.list_(pa.int32()))])
+SCHEMA = pa.schema([
+    ("input_ids", pa.list_(pa.int32())),
+    ("doc_starts", pa.list_(pa.int32())),
+    ("ignored_spans", pa.list_(pa.int32())),
+])
 RECORD_BATCH_TOKENS = 1 << 24  # ~64 MB of ids per record batch; well under int32 offsets
 ROWS_PER_BATCH_KEY = b"rows_per_batch"
 
@@ -33,16 +38,15 @@ def write_rows(path: Path, batches: Iterable[Rows], per_batch: int) -> tuple[int
     (the last may hold fewer); returns (rows, tokens)."""
     rows = tokens = 0
     schema = SCHEMA.with_metadata({ROWS_PER_BATCH_KEY: str(per_batch).encode()})
-    pending: list[tuple[pa.Array, pa.Array]] = []
+    pending: list[tuple[pa.Array, ...]] = []
     pending_rows = 0
 
     def write(writer: pa.ipc.RecordBatchFileWriter, limit: Optional[int]) -> None:
         nonlocal pending, pending_rows
-        ids = pa.concat_arrays([ids for ids, _ in pending])
-        starts = pa.concat_arrays([starts for _, starts in pending])
-        take = len(ids) if limit is None else limit
-        writer.write_batch(pa.record_batch([ids.slice(0, take), starts.slice(0, take)], schema=schema))
-        pending = [(ids.slice(take), starts.slice(take))] if take < len(ids) else []
+        columns = [pa.concat_arrays([part[c] for part in pending]) for c in range(3)]
+        take = len(columns[0]) if limit is None else limit
+        writer.write_batch(pa.record_batch([column.slice(0, take) for column in columns], schema=schema))
+        pending = [tuple(column.slice(take) for column in columns)] if take < len(columns[0]) else []
         pending_rows -= take
 
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
@@ -53,7 +57,10 @@ def write_rows(path: Path, batches: Iterable[Rows], per_batch: int) -> tuple[int
             starts = pa.ListArray.from_arrays(
                 pa.array(batch.starts_offsets, pa.int32()), pa.array(batch.starts, pa.int32())
             )
-            pending.append((ids, starts))
+            spans = pa.ListArray.from_arrays(
+                pa.array(batch.spans_offsets, pa.int32()), pa.array(batch.spans, pa.int32())
+            )
+            pending.append((ids, starts, spans))
             pending_rows += len(batch)
             rows += len(batch)
             tokens += int(batch.offsets[-1] - batch.offsets[0])
@@ -77,7 +84,7 @@ def _view(array: pa.Array, dtype: type) -> np.ndarray:
 
 
 class RowsFile:
-    """A memory-mapped rows file: `len()` rows, `[i]` -> (input_ids, doc_starts) int32 arrays."""
+    """A memory-mapped rows file: `len()` rows, `[i]` -> (input_ids, doc_starts, ignored_spans) int32 arrays."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -103,37 +110,39 @@ class RowsFile:
         self._len = (batches - 1) * self._per_batch + self._part(batches - 1)[1].size - 1 if batches else 0
 
     def _part(self, index: int) -> tuple[np.ndarray, ...]:
-        """(values, offsets, starts, starts_offsets) views of a record batch, read on first use."""
+        """(values, offsets, starts, starts_offsets, spans, spans_offsets) views of a record batch, read on first use."""
         part = self._parts[index]
         if part is None:
             batch = self._reader.get_batch(index)
-            ids, starts = batch.column(0), batch.column(1)
+            ids, starts, spans = batch.column(0), batch.column(1), batch.column(2)
             part = (_view(ids.values, np.int32), _view(ids.offsets, np.int32),
-                    _view(starts.values, np.int32), _view(starts.offsets, np.int32))
+                    _view(starts.values, np.int32), _view(starts.offsets, np.int32),
+                    _view(spans.values, np.int32), _view(spans.offsets, np.int32))
             self._parts[index] = part
         return part
 
     def __len__(self) -> int:
         return self._len
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"row {index} out of range for {len(self)} rows")
-        values, offsets, starts, starts_offsets = self._part(index // self._per_batch)
+        values, offsets, starts, starts_offsets, spans, spans_offsets = self._part(index // self._per_batch)
         local = index % self._per_batch
         return (
             values[offsets[local] : offsets[local + 1]],
             starts[starts_offsets[local] : starts_offsets[local + 1]],
+            spans[spans_offsets[local] : spans_offsets[local + 1]],
         )
 
     def _all_parts(self) -> list[tuple[np.ndarray, ...]]:
         return [self._part(i) for i in range(len(self._parts))]
 
     def token_count(self) -> int:
-        return int(sum(int(off[-1] - off[0]) for _, off, _, _ in self._all_parts()))
+        return int(sum(int(off[-1] - off[0]) for _, off, *_ in self._all_parts()))
 
     def row_lengths(self) -> np.ndarray:
         parts = self._all_parts()
-        return np.concatenate([np.diff(off) for _, off, _, _ in parts]) if parts else np.zeros(0, np.int64)
+        return np.concatenate([np.diff(off) for _, off, *_ in parts]) if parts else np.zeros(0, np.int64)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal, Optional
+from typing import Any, Iterator, Literal, Optional
 
 import xxhash
+
+from medkor.data.formats import FormatSpec, Item, check_record, item_key, item_text
 
 OnBadRecord = Literal["error", "skip"]
 SPLIT_FILES = {"train": "train", "validation": "validation"}
@@ -33,16 +35,19 @@ class Selection:
     val_fraction: float = 0.0  # > 0: the split is carved from the files by a content hash
     take_validation: bool = False  # with val_fraction: keep the validation share, else the rest
     seed: int = 0
+    spec: Optional[FormatSpec] = None  # how records are read; None: `text` from `text_field`
 
     def __post_init__(self) -> None:
         if self.on_bad_record not in ("error", "skip"):
             raise ValueError(f"on_bad_record must be 'error' or 'skip', got {self.on_bad_record!r}")
+        if self.spec is None:
+            self.spec = FormatSpec(text_field=self.text_field)
 
-    def keeps(self, text: str) -> bool:
-        """Whether a checked document belongs to the split (before `max_samples`)."""
+    def keeps(self, item: Item) -> bool:
+        """Whether a checked record belongs to the split (before `max_samples`)."""
         if self.val_fraction <= 0:
             return True
-        return in_validation(text, self.seed, self.val_fraction) == self.take_validation
+        return in_validation(item_key(item), self.seed, self.val_fraction) == self.take_validation
 
 
 def in_validation(text: str, seed: int, fraction: float) -> bool:
@@ -57,6 +62,14 @@ class ReadStats:
 
     skipped: int = 0
     skipped_examples: list[str] = field(default_factory=list)
+    long_skipped: int = 0  # examples longer than max_length, skipped (on_long_example: skip)
+    long_examples: list[str] = field(default_factory=list)
+
+    def record_long(self, path: Path, line: int, size: int, limit: int) -> None:
+        """Count an example skipped for being longer than `limit` tokens."""
+        self.long_skipped += 1
+        if len(self.long_examples) < 20:
+            self.long_examples.append(f"{path}:{line}: {size} tokens > max_length {limit}")
 
     def record(self, path: Path, problems: list[tuple[int, str]], on_bad_record: OnBadRecord) -> None:
         """Apply the bad-record policy to a chunk's problems: raise on the first, or count them."""
@@ -119,37 +132,42 @@ def _has_lone_surrogate(text: str) -> bool:
     return False
 
 
-def parse_line(raw: bytes, text_field: str) -> tuple[Optional[str], Optional[str]]:
-    """(text, None) for a good JSONL line, (None, problem) for a bad one, (None, None) if blank.
-
-    The problem says what is wrong and what to do; callers prefix `path:line`.
-    """
+def read_json_line(raw: bytes) -> tuple[Any, Optional[str], bool]:
+    """(record, problem, blank) of one raw line; the problem says what is wrong and what to do."""
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        return None, f"bytes that are not UTF-8 at column {err.start + 1}; re-encode the file as UTF-8"
+        return None, f"bytes that are not UTF-8 at column {err.start + 1}; re-encode the file as UTF-8", False
     if not line.strip():
-        return None, None
+        return None, None, True
     try:
-        record = json.loads(line)
+        return json.loads(line), None, False
     except json.JSONDecodeError as err:
-        return None, f"malformed JSON ({err.msg} at column {err.colno}); fix or remove the line"
-    if not isinstance(record, dict):
-        return None, f"expected a JSON object, got {type(record).__name__}"
-    if text_field not in record:
-        keys = ", ".join(sorted(record)[:8])
-        return None, f"missing field {text_field!r} (fields: {keys}); set text_field to the right one"
-    text = record[text_field]
-    if not isinstance(text, str):
-        return None, f"field {text_field!r} is {type(text).__name__}, not a string"
-    if not text.strip():
-        return None, f"field {text_field!r} is empty"
-    if "\\u" in line and _has_lone_surrogate(text):
+        return None, f"malformed JSON ({err.msg} at column {err.colno}); fix or remove the line", False
+
+
+def parse_record_line(raw: bytes, spec: FormatSpec, where: str = "") -> tuple[Optional[Item], Optional[str]]:
+    """(item, None) for a good line of `spec.format`, (None, problem) for a bad one, (None, None) if blank.
+
+    The problem names the field and what to do; callers prefix `path:line`.
+    """
+    record, problem, blank = read_json_line(raw)
+    if blank or problem:
+        return None, problem
+    item, problem = check_record(record, spec, where)
+    if problem:
+        return None, problem
+    if b"\\u" in raw and _has_lone_surrogate(item_text(item)):  # type: ignore[arg-type]
+        field = f"field {spec.text_field!r}" if spec.format == "text" else "a field"
         return None, (
-            f"field {text_field!r} holds an unpaired surrogate escape (\\ud800-\\udfff), "
-            "which is not text; fix the line's \\u escapes"
+            f"{field} holds an unpaired surrogate escape (\\ud800-\\udfff), which is not text; fix the line's \\u escapes"
         )
-    return text, None
+    return item, None
+
+
+def parse_line(raw: bytes, text_field: str) -> tuple[Optional[str], Optional[str]]:
+    """(text, None) for a good `text` line, (None, problem) for a bad one, (None, None) if blank."""
+    return parse_record_line(raw, FormatSpec(text_field=text_field))  # type: ignore[return-value]
 
 
 @dataclass
@@ -175,7 +193,7 @@ class LineChunk:
 class ParsedChunk:
     """The checked documents of a chunk with their line numbers, and its bad lines."""
 
-    texts: list[str]
+    texts: list[Any]  # the checked items (strings for `text`)
     line_numbers: list[int]
     problems: list[tuple[int, str]]  # (line, what is wrong and what to do)
 
@@ -208,15 +226,17 @@ def read_span(span: LineSpan) -> LineChunk:
     return LineChunk(span.path, span.first_line, lines)
 
 
-def parse_chunk(chunk: LineChunk, text_field: str) -> ParsedChunk:
-    """Check every line of a chunk (`parse_line`); blank lines are neither kept nor bad."""
+def parse_chunk(chunk: LineChunk, spec: FormatSpec | str) -> ParsedChunk:
+    """Check every line of a chunk (`parse_record_line`; a string is a `text_field`); blank lines are neither kept nor bad."""
+    if isinstance(spec, str):
+        spec = FormatSpec(text_field=spec)
     parsed = ParsedChunk([], [], [])
     for number, raw in enumerate(chunk.lines, start=chunk.first_line):
-        text, problem = parse_line(raw, text_field)
+        item, problem = parse_record_line(raw, spec, f"{chunk.path}:{number}")
         if problem is not None:
             parsed.problems.append((number, problem))
-        elif text is not None:
-            parsed.texts.append(text)
+        elif item is not None:
+            parsed.texts.append(item)
             parsed.line_numbers.append(number)
     return parsed
 

@@ -200,7 +200,7 @@ def test_warm_load_does_not_import_pandas(data_dir, tokenizer_dir):
     result = ensure_cache(_request(data_dir, tokenizer_dir))
     code = (
         "import sys; from medkor.data.rows import RowsFile; r = RowsFile(sys.argv[1]); "
-        "ids, starts = r[len(r) - 1]; assert len(ids) > 0 and starts.dtype.name == 'int32'; "
+        "ids, starts, _ = r[len(r) - 1]; assert len(ids) > 0 and starts.dtype.name == 'int32'; "
         "assert 'pandas' not in sys.modules, 'pandas imported'"
     )
     root = Path(__file__).resolve().parents[2]

@@ -27,7 +27,8 @@ def test_prepare_prints_one_json_line_per_split(tmp_path, data_dir, tokenizer_di
     assert prepare_cmd.main(["--config", str(config)]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(r["split"], r["status"]) for r in lines] == [("train", "built"), ("validation", "built")]
-    assert set(lines[0]) == {"split", "status", "path", "key", "rows", "tokens", "seconds"}
+    assert set(lines[0]) == {"split", "status", "path", "key", "rows", "tokens", "fill_rate", "seconds"}
+    assert 0.9 < lines[0]["fill_rate"] <= 1.0  # packed text: every row full but the last
     assert prepare_cmd.main(["--config", str(config), "--data.max_length", "32"]) == 0
     assert [json.loads(x)["status"] for x in capsys.readouterr().out.splitlines()] == ["hit", "hit"]
     (data_dir / "train.jsonl").write_text('{"text": "좋음"}\n{"text": 1}\n')

@@ -40,8 +40,8 @@ def test_val_fraction_without_validation_file(data_dir, tokenizer_dir):
 
 
 def test_bad_options_and_missing_data(tmp_path, tokenizer_dir):
-    with pytest.raises(ValueError, match="format 'chat' is not supported"):
-        MedKorDataModule(data_dir=str(tmp_path), format="chat")
+    with pytest.raises(ValueError, match="format 'poem' is not supported"):
+        MedKorDataModule(data_dir=str(tmp_path), format="poem")
     with pytest.raises(ValueError, match="val_fraction"):
         MedKorDataModule(data_dir=str(tmp_path), val_fraction=1.5)
     with pytest.raises(ValueError, match="num_proc must be at least 1"):

@@ -24,8 +24,8 @@ def _encode(selection, tokenizer, num_proc, stats=None):
         encode_split(selection, tokenizer.backend_tokenizer, tokenizer.bos_token_id, tokenizer.eos_token_id,
                      num_proc, stats, chunk_bytes=CHUNK)
     )
-    values = np.concatenate([v for v, _ in batches]) if batches else np.zeros(0, np.int32)
-    lengths = np.concatenate([n for _, n in batches]) if batches else np.zeros(0, np.int64)
+    values = np.concatenate([v for v, _, _ in batches]) if batches else np.zeros(0, np.int32)
+    lengths = np.concatenate([n for _, n, _ in batches]) if batches else np.zeros(0, np.int64)
     return values, lengths
 
 

@@ -42,7 +42,8 @@ def test_rows_per_batch_keeps_batches_near_16m_tokens():
 def test_a_rows_file_of_another_layout_asks_for_a_rebuild(tmp_path):
     path = tmp_path / "rows.arrow"
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:  # no rows_per_batch
-        writer.write_batch(pa.record_batch([pa.array([[1, 2]], pa.list_(pa.int32())), pa.array([[0]], pa.list_(pa.int32()))],
-                                           schema=SCHEMA))
+        lists = [pa.array([[1, 2]], pa.list_(pa.int32())), pa.array([[0]], pa.list_(pa.int32())),
+                 pa.array([[]], pa.list_(pa.int32()))]
+        writer.write_batch(pa.record_batch(lists, schema=SCHEMA))
     with pytest.raises(ValueError, match="rebuild the cache"):
         RowsFile(path)

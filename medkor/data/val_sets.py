@@ -1,0 +1,75 @@
+"""Named validation sets: `val_sets: {name: {path, format, ...}}` checked into files and a format.
+
+Each set is logged as `val/<name>/loss`, so a stage can watch the loss of an earlier
+stage's data (plain text while the dictionary trains) besides its own.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from medkor.data.formats import FormatSpec
+from medkor.data.sources import DataError, split_files
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+SPEC_KEYS = tuple(f.name for f in fields(FormatSpec))
+
+
+@dataclass(frozen=True)
+class ValSet:
+    """One named validation set: its files, how they are read, how many records are kept."""
+
+    name: str
+    files: list[Path]
+    spec: FormatSpec
+    max_samples: Optional[int] = None
+
+    @property
+    def split(self) -> str:
+        """The cache's split name (folder `val-<name>-<key>`)."""
+        return f"val-{self.name}"
+
+
+def set_files(path: Path, where: str) -> list[Path]:
+    """A JSONL file, or a folder's `validation*.jsonl` files."""
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        found = split_files(path, "validation")
+        if not found:
+            raise DataError(f"{where}: {path} holds no validation.jsonl (or validation-*.jsonl); point path at a JSONL file")
+        return found
+    raise DataError(f"{where}: {path} does not exist; point path at a JSONL file or a folder with validation.jsonl")
+
+
+def parse_val_sets(val_sets: Optional[Mapping[str, Any]], base: FormatSpec) -> list[ValSet]:
+    """Check `data.val_sets`; a set's format options default to `text` with the stage's field names."""
+    if not val_sets:
+        return []
+    if not isinstance(val_sets, Mapping):
+        raise DataError(f"data.val_sets must map names to {{path, format, ...}}, got {type(val_sets).__name__}")
+    out = []
+    for name, entry in val_sets.items():
+        where = f"data.val_sets.{name}"
+        if not isinstance(name, str) or not NAME.match(name):
+            raise DataError(f"{where}: a set's name must be letters, digits, '_', '-' or '.' (it names a metric and a folder)")
+        if isinstance(entry, str):
+            entry = {"path": entry}
+        if not isinstance(entry, Mapping) or "path" not in entry:
+            raise DataError(f"{where}: expected {{path: FILE_OR_FOLDER, format: ...}}, got {entry!r}")
+        unknown = sorted(set(entry) - {"path", "max_samples", *SPEC_KEYS})
+        if unknown:
+            raise DataError(f"{where}: unknown key(s) {', '.join(unknown)}; use path, max_samples, {', '.join(SPEC_KEYS)}")
+        options = {key: entry[key] for key in SPEC_KEYS if key in entry}
+        try:
+            spec = replace(FormatSpec(**{"format": "text", "text_field": base.text_field}), **options)
+        except (TypeError, ValueError) as err:
+            raise DataError(f"{where}: {err}") from None
+        limit = entry.get("max_samples")
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            raise DataError(f"{where}.max_samples must be a positive integer, got {limit!r}")
+        out.append(ValSet(name, set_files(Path(entry["path"]), where), spec, limit))
+    return out
