@@ -7,7 +7,10 @@ surfaces minutes later (after the model has loaded, or as an out-of-memory error
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -92,3 +95,181 @@ def check_run_config(config: Any) -> None:
                 f"data.max_length {max_length} is longer than the model's max_position_embeddings {limit} "
                 f"({path}): use --data.max_length {limit} or less"
             )
+
+
+# owner/name as the hub spells repository ids
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# --ckpt_path values Lightning resolves itself
+_CKPT_WORDS = {"last", "best", "hpc", "registry"}
+
+
+def _relative_note(value: str) -> str:
+    return "" if Path(value).expanduser().is_absolute() else f" (relative to the working directory {Path.cwd()})"
+
+
+def _found_elsewhere(value: str, config_files: list[str]) -> str:
+    """A hint when a relative path exists next to a config file or above it: the usual cause is the cwd."""
+    if Path(value).is_absolute():
+        return ""
+    for config in config_files:
+        for folder in Path(config).resolve().parents:
+            if (folder / value).exists():
+                return f"; it exists under {folder}: run medkor from there, or give an absolute path"
+    return ""
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    for name in ("config.json", "tokenizer_config.json", "tokenizer.json"):
+        try:
+            if isinstance(try_to_load_from_cache(repo_id, name), str):
+                return True
+        except Exception:  # an unusual id: looked up below
+            continue
+    return False
+
+
+@functools.lru_cache(maxsize=None)  # asked twice per start: the quick check, then the full parse
+def hub_lookup_problem(repo_id: str, timeout: float = 5.0) -> Optional[str]:
+    """Why `repo_id` cannot be loaded from the hub (None when it exists or the question cannot be settled here)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set and the local hub cache does not hold it"
+    try:
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    except ImportError:
+        return None
+    try:
+        HfApi().model_info(repo_id, timeout=timeout)
+    except GatedRepoError:
+        return None  # exists; access is the loader's business (huggingface-cli login)
+    except RepositoryNotFoundError:
+        return "the hub has no model of that id (or it is private: log in with `huggingface-cli login`)"
+    except Exception as err:  # no network, proxy, DNS: say so now instead of retrying for a minute
+        if type(err).__name__.endswith(("ConnectError", "ConnectionError", "Timeout", "TimeoutException", "ConnectTimeout")):
+            return f"the hub cannot be reached to look it up as a hub id ({type(err).__name__})"
+        return None
+    return None
+
+
+def check_model_source(key: str, value: Optional[str], config_files: list[str]) -> None:
+    """A model or tokenizer location must be an existing folder or a hub id the hub (or its cache) knows."""
+    if not value:
+        return
+    value = str(value)
+    path = Path(value).expanduser()
+    if path.is_dir():
+        return
+    if path.exists():
+        raise ConfigError(f"{key} {value!r} is a file; give the folder that holds config.json and the tokenizer "
+                          "files, or a hub id such as google/medgemma-4b-it")
+    hint = _found_elsewhere(value, config_files)
+    if not _HUB_ID.match(value):
+        raise ConfigError(f"{key} {value!r}: no such folder{_relative_note(value)}{hint or ''}")
+    if hint:  # shaped like a hub id, but a folder of that name exists beside the config
+        raise ConfigError(f"{key} {value!r}: no such folder{_relative_note(value)}{hint}")
+    if _in_hub_cache(value):
+        return
+    problem = hub_lookup_problem(value)
+    if problem is not None:
+        raise ConfigError(
+            f"{key} {value!r}: no such folder{_relative_note(value)}, and {problem}; "
+            "check the path (a tokenizer made by `medkor extend-vocab --out DIR` is a folder) or the hub id"
+        )
+
+
+def _callback_sources(config: Any) -> list[str]:
+    sources = []
+    for callback in _get(config, "trainer.callbacks") or []:
+        path = _get(callback, "class_path") or ""
+        if str(path).endswith("KorMedMCQAEval"):
+            source = _get(callback, "init_args.source")
+            if source:
+                sources.append(str(source))
+    return sources
+
+
+def check_run_paths(config: Any) -> None:
+    """Raise `ConfigError` for a path of the run that does not exist, before anything heavy starts."""
+    configs = [str(c) for c in (_get(config, "config") or [])]
+    model = _model_init(config)
+    check_model_source("model.model_name_or_path", _get(model, "model_name_or_path"), configs)
+    check_model_source("model.tokenizer_path", _get(model, "tokenizer_path"), configs)
+    data = _get(config, "data")
+    data = _get(data, "init_args", data) if data is not None and _get(data, "class_path") else data
+    data_dir = _get(data, "data_dir")
+    if data_dir and not Path(str(data_dir)).expanduser().is_dir():
+        raise ConfigError(f"data.data_dir {str(data_dir)!r}: no such folder{_relative_note(str(data_dir))}"
+                          f"{_found_elsewhere(str(data_dir), configs) or '; point it at the folder holding train.jsonl'}")
+    for source in _callback_sources(config):
+        path = Path(source).expanduser()
+        if not path.exists() and not _HUB_ID.match(source):
+            raise ConfigError(f"KorMedMCQAEval source {source!r}: no such folder or file{_relative_note(source)}"
+                              f"{_found_elsewhere(source, configs) or '; give a local folder or the hub id sean0042/KorMedMCQA'}")
+    ckpt = _get(config, "ckpt_path")
+    if ckpt and str(ckpt) not in _CKPT_WORDS and not Path(str(ckpt)).expanduser().exists():
+        raise ConfigError(f"--ckpt_path {str(ckpt)!r}: no such file{_relative_note(str(ckpt))}; give a .ckpt written "
+                          "by `medkor fit`, or `last` to resume the newest run of this config")
+
+
+def quick_config(args: list[str]) -> Optional[dict[str, Any]]:
+    """The run config of `medkor fit ARGS` from its YAML files and plain `--a.b value` overrides, without jsonargparse.
+
+    Enough for the checks above to answer in a fraction of a second, before Lightning is
+    imported; the full parse later checks again. None when the arguments hold anything this
+    reading does not follow exactly (then only the full parse checks).
+    """
+    import yaml
+
+    config: dict[str, Any] = {}
+    files: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or arg in ("--help", "-h", "--print_config"):
+            return None
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args) or args[i + 1].startswith("--"):
+                return None
+            value, i = args[i + 1], i + 1
+        i += 1
+        if key == "config":
+            if not Path(value).is_file():
+                raise ConfigError(f"--config {value!r}: no such file{_relative_note(value)}")
+            try:
+                loaded = yaml.safe_load(Path(value).read_text(encoding="utf-8"))
+            except (OSError, yaml.YAMLError):
+                return None  # the full parse names the file and the problem
+            if not isinstance(loaded, dict):
+                return None
+            _merge(config, loaded)
+            files.append(value)
+            continue
+        if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key) or key.split(".")[0] not in (
+                "model", "data", "trainer", "ckpt_path", "seed_everything"):
+            return None
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return None
+        node = config
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                return None
+        node[last] = parsed
+    config["config"] = files
+    return config
+
+
+def _merge(into: dict[str, Any], other: dict[str, Any]) -> None:
+    for key, value in other.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value

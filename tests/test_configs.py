@@ -1,6 +1,6 @@
 """Every file in configs/ parses as `medkor fit` reads it, alone and with every strategy.
 
-Each combination goes through `medkor.cli.parse_run_config` (the parser of `medkor fit`,
+Each combination goes through `medkor.lightning_cli.parse_run_config` (the parser of `medkor fit`,
 in-process), then through `--print_config` and back (the saved config.yaml of a run
 must parse again), and every value the YAML files set must arrive: strategy class and
 its arguments, checkpoint callbacks, model and data options. The strategy and the
@@ -101,7 +101,7 @@ def _merged(files: list[Path]) -> dict:
 
 
 def _parse(args: list[str], capsys) -> Any:
-    from medkor.cli import parse_run_config
+    from medkor.lightning_cli import parse_run_config
 
     try:
         return parse_run_config(args)
@@ -110,7 +110,7 @@ def _parse(args: list[str], capsys) -> Any:
 
 
 def _print_config(args: list[str], capsys) -> str:
-    from medkor.cli import parse_run_config
+    from medkor.lightning_cli import parse_run_config
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

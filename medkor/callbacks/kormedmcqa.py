@@ -26,6 +26,7 @@ from medkor.eval.predictions import (
 )
 from medkor.eval.prompts import PromptStyle
 from medkor.eval.questions import HUB_ID
+from medkor.run.report import evaluation_line, say
 
 
 class KorMedMCQAEval(Callback):
@@ -107,6 +108,7 @@ class KorMedMCQAEval(Callback):
         self.baseline: Optional[dict[str, Any]] = None
         self.evaluations: list[dict[str, Any]] = []
         self._last_fit_step: Optional[int] = None
+        self._checkpoint_position: Optional[tuple[int, int]] = None  # (epoch, step) of a loaded checkpoint
 
     # ---- checkpoint state: the baseline and history survive a resume
     def state_dict(self) -> dict[str, Any]:
@@ -115,6 +117,10 @@ class KorMedMCQAEval(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.baseline = state_dict.get("baseline")
         self.evaluations = list(state_dict.get("evaluations", []))
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # validate/test restore no loop state: the checkpoint's own epoch and step name its evaluation
+        self._checkpoint_position = (int(checkpoint.get("epoch", 0)), int(checkpoint.get("global_step", 0)))
 
     # ---- hooks
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -127,7 +133,8 @@ class KorMedMCQAEval(Callback):
             # one resumed into a new folder logs it again so its metrics start from it
             run_dir = Path(trainer.log_dir or trainer.default_root_dir) / METRIC_PREFIX  # collective: all ranks
             if not (run_dir / "summary.json").is_file():
-                self._log_direct(trainer, self._entry_metrics(self.baseline), self.baseline["step"])
+                metrics = {**self._entry_metrics(self.baseline), "epoch": float(self.baseline.get("epoch", 0))}
+                self._log_direct(trainer, metrics, self.baseline["step"])
             return
         self._evaluate(trainer, pl_module, "baseline")
 
@@ -180,8 +187,13 @@ class KorMedMCQAEval(Callback):
         seconds = max_over_ranks(time.perf_counter() - start, device=pl_module.device)
 
         epoch, step = trainer.current_epoch, trainer.global_step
+        standalone = stage in ("validate", "test")
+        if standalone and self._checkpoint_position is not None:
+            epoch, step = self._checkpoint_position
         name = predictions_filename(stage, epoch, step) if self.write_predictions else None
         entry = evaluation_entry(stage, epoch, step, counts, seconds, name, nonfinite=nonfinite)
+        if standalone:
+            entry["checkpoint"] = str(trainer.ckpt_path) if trainer.ckpt_path else None
         if entry["nonfinite"]:
             rank_zero_info(
                 f"[medkor] KorMedMCQA at step {step}: {entry['nonfinite']} of {entry['total']} questions have "
@@ -198,7 +210,17 @@ class KorMedMCQAEval(Callback):
             if name is not None:
                 write_predictions(run_dir / name, sort_records(gathered, subsets))
             settings = {**self.settings.as_dict(), "subsets": subsets}
-            write_summary(run_dir / "summary.json", settings, self.baseline, self.evaluations)
+            if standalone:
+                # this folder holds only this command's evaluations; the training run's baseline is kept
+                # for the change it gives, without its predictions file (that lies in the training run)
+                baseline = {**self.baseline, "predictions": None} if self.baseline else None
+                mine = [e for e in self.evaluations if e["stage"] == stage]
+                write_summary(run_dir / "summary.json", settings, baseline, mine)
+            else:
+                write_summary(run_dir / "summary.json", settings, self.baseline, self.evaluations)
+            val_loss = trainer.callback_metrics.get("val/loss")
+            say(trainer, evaluation_line(entry, None if stage == "baseline" else self.baseline,
+                                         float(val_loss) if val_loss is not None and stage == "fit" else None))
 
         metrics = self._entry_metrics(entry)
         if stage in ("validate", "test"):
@@ -208,7 +230,7 @@ class KorMedMCQAEval(Callback):
         else:
             # baseline/steps: Lightning forbids self.log before training, and per-step logging would
             # be thinned by log_every_n_steps; the values are already global, so rank 0 writes them.
-            self._log_direct(trainer, metrics, step)
+            self._log_direct(trainer, {**metrics, "epoch": float(epoch)}, step)
         return entry
 
     @staticmethod

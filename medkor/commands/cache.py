@@ -7,8 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-from medkor.data.inventory import list_caches, remove_cache, select, verify_cache
-
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medkor cache", description="Inspect and clean tokenized caches.")
@@ -29,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _ls(cache_dir: Path, as_json: bool) -> int:
+    from medkor.data.inventory import list_caches  # pyarrow: imported once the arguments are known
+
     entries = list_caches(cache_dir)
     for entry in entries:
         if as_json:
@@ -46,6 +46,8 @@ def _ls(cache_dir: Path, as_json: bool) -> int:
 
 
 def _verify(cache_dir: Path, names: list[str]) -> int:
+    from medkor.data.inventory import list_caches, verify_cache
+
     failed = 0
     for entry in list_caches(cache_dir):
         if entry["name"].startswith(".") or (names and not any(entry["name"].startswith(n) for n in names)):
@@ -59,6 +61,8 @@ def _verify(cache_dir: Path, names: list[str]) -> int:
 
 
 def _rm(cache_dir: Path, names: list[str], older_than: float | None, everything: bool, dry_run: bool) -> int:
+    from medkor.data.inventory import remove_cache, select
+
     if not (names or older_than is not None or everything):
         print("medkor cache rm: name caches, or give --older-than DAYS or --all (leftover build folders "
               "are removed in every case)", file=sys.stderr)

@@ -65,7 +65,7 @@ def main(argv: list[str]) -> int:
         return 2
     import torch
 
-    from medkor.cli import parse_run_config
+    from medkor.lightning_cli import parse_run_config
     from medkor.model import MedGemmaModule
     from medkor.model.export import export_folder
 

@@ -29,7 +29,7 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
-    from medkor.cli import parse_run_config
+    from medkor.lightning_cli import parse_run_config
     from medkor.data import MedKorDataModule
     from medkor.data.cache import CacheError
     from medkor.data.sources import DataError

@@ -112,3 +112,30 @@ def trim_metrics(path: Path, last_step: Optional[int]) -> tuple[list[str], int]:
         writer.writerows(kept)
         atomic_write_text(path, text.getvalue(), what="metrics file")
     return header, len(rows) - len(kept)
+
+
+# what a run folder holds before anything worth keeping is written
+_START_FILES = re.compile(r"^(config\.yaml|hparams\.yaml|metrics\.csv|events\.out\.tfevents\..*)$")
+
+
+def discard_if_unused(folder: Path) -> bool:
+    """Remove a run folder that a failed start left with nothing in it worth keeping; True if removed.
+
+    Worth keeping: any checkpoint, any KorMedMCQA file, any metrics row, any file medkor
+    does not know. Only the start-up files (config, hparams, an empty metrics.csv, a
+    TensorBoard file of a run whose metrics.csv is empty) and empty folders are ever removed.
+    """
+    if not folder.is_dir():
+        return False
+    files = [p for p in folder.rglob("*") if not p.is_dir()]
+    for path in files:
+        if path.parent != folder or not _START_FILES.match(path.name):
+            return False
+        if path.name == "metrics.csv" and len(path.read_text(encoding="utf-8", errors="replace").splitlines()) > 1:
+            return False
+    for path in files:
+        path.unlink()
+    for path in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        path.rmdir()
+    folder.rmdir()
+    return True

@@ -78,3 +78,14 @@ def continue_history(loggers: Sequence[Any], last_step: Optional[int]) -> int:
         if hasattr(writer, "metrics_keys"):
             writer.metrics_keys = list(header)
     return dropped
+
+
+def stage_subfolder(loggers: Sequence[Any], stage: str) -> None:
+    """Point versioned loggers at `<name>/<stage>/version_N`, so validate/test runs sit apart from training runs.
+
+    A logger given an explicit `version` is left where it was told to write.
+    """
+    for logger in loggers:
+        name = getattr(logger, "_name", None)
+        if hasattr(logger, "_version") and logger._version is None and isinstance(name, str):
+            logger._name = f"{name}/{stage}" if name else stage

@@ -126,7 +126,7 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 @pytest.fixture(scope="module")
 def import_cost(repo_root: Path) -> tuple[float, float]:
     """(wall, CPU) seconds of starting Python and importing the `medkor` command: the floor of any `medkor fit`."""
-    result, wall, cpu = _timed([sys.executable, "-c", "import medkor.cli"], repo_root, timeout=120)
+    result, wall, cpu = _timed([sys.executable, "-c", "import medkor.lightning_cli"], repo_root, timeout=120)
     assert result.returncode == 0, result.stderr
     return wall, cpu
 

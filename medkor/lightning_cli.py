@@ -1,0 +1,269 @@
+"""`medkor fit|validate|test`: LightningCLI with runs that survive, and the parser other commands share.
+
+Imported only by the training commands and by `prepare`/`export` (which read the
+same configs): it loads Lightning, torch and transformers. `medkor.cli` dispatches
+here; the commands that need none of them never import this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from jsonargparse import ArgumentError
+from lightning.pytorch import Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+from medkor.callbacks import KorMedMCQAEval, NonFiniteGuard  # noqa: F401  (importable by class name)
+from medkor.callbacks.checkpoint_io import AtomicCheckpointIO, CheckpointLoadError, load_checkpoint_file
+from medkor.callbacks.finite_guard import NonFiniteLossError
+from medkor.callbacks.preemption import Preempted, SaveOnPreemption
+from medkor.callbacks.run_report import RunReport
+from medkor.callbacks.run_state import ResumeState
+from medkor.checks import ConfigError, check_run_config, check_run_paths
+from medkor.data import MedKorDataModule
+from medkor.model import MedGemmaModule
+from medkor.run.folders import discard_if_unused, find_last_checkpoint, version_of_checkpoint
+from medkor.run.loggers import assign_versions, continue_history, stage_subfolder, versioned_groups
+
+# Lightning's start-up lines that tell a medkor user nothing (the accelerator is in the config)
+_NOISE = ("GPU available:", "TPU available:", "HPU available:", "💡 Tip:", "Loading `train_dataloader` to estimate")
+USAGE = "medkor {0} --config FILE [--config FILE ...] [--model.KEY VALUE] [--data.KEY VALUE] [--trainer.KEY VALUE] [--ckpt_path PATH]"
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(_NOISE)
+
+
+def _quiet_lightning() -> None:
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+def parser_error_line(message: str) -> str:
+    """jsonargparse's multi-line message about one option, as one line naming the option."""
+    key = re.search(r'Parser key "([^"]+)"', message)
+    given = re.search(r"Given value: (.*)", message)
+    expected = re.findall(r"Expected a <class '([\w.]+)'>", message)
+    if key and (given or expected):
+        want = " or ".join(dict.fromkeys("null" if t == "NoneType" else t for t in expected)) or "another value"
+        got = f", got {given.group(1).strip()!r}" if given else ""
+        return f"--{key.group(1)}: expected {want}{got}"
+    if key:
+        return f"--{key.group(1)}: {' '.join(message[key.end():].split()).lstrip(': ')}"
+    lines = [line.strip(" -") for line in message.splitlines() if line.strip()]
+    return "; ".join(lines[:3])
+
+def tokenizer_path_for(model_name_or_path: str, tokenizer_path: Optional[str]) -> str:
+    """The tokenizer the model trains with: its own unless an extended one is named."""
+    return tokenizer_path or model_name_or_path
+
+
+class MedKorCLI(LightningCLI):
+    """LightningCLI with the model's tokenizer linked into the data module, and runs that survive.
+
+    Every Trainer gets atomic checkpoint files (`AtomicCheckpointIO`), random state in
+    its checkpoints (`ResumeState`) and a checkpoint on SIGTERM (`SaveOnPreemption`).
+    Each run claims its own `version_N`; `fit --ckpt_path` (a file in a run's
+    `checkpoints/`, or `last`) continues in the folder the checkpoint came from.
+    """
+
+    claimed: list[Path] = []  # run folders this process created (removed again if the start fails)
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        kwargs.setdefault("exit_on_error", False)  # one line (run_cli), not an 80-line usage dump
+        return super().init_parser(**kwargs)
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        parser.usage = USAGE.format(subcommand)
+        # medkor's own options first: the trainer's 48 come after the model's and the data's
+        groups = parser._action_groups
+        ours = [g for g in groups if any(a.dest.startswith(("model.", "data.")) for a in g._group_actions)]
+        trainer = next((i for i, g in enumerate(groups) if any(a.dest.startswith("trainer.") for a in g._group_actions)), None)
+        if trainer is not None:
+            rest = [g for g in groups if g not in ours]
+            rest[trainer:trainer] = ours
+            groups[:] = rest
+        return parser
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments(
+            ("model.model_name_or_path", "model.tokenizer_path"),
+            "data.tokenizer_path",
+            compute_fn=tokenizer_path_for,
+        )
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning reads the checkpoint's hyperparameters into the config here; read them
+        # memory-mapped and safely, with a one-line error for a bad file.
+        if not self.config.get("subcommand"):
+            return
+        ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        try:
+            hparams = load_checkpoint_file(ckpt_path, mmap=True).get("hyper_parameters", {})
+        except CheckpointLoadError as err:
+            raise ConfigError(f"--ckpt_path: {err}") from err
+        hparams = {k: v for k, v in hparams.items() if k != "_instantiator"}
+        if hparams:
+            self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}}, self.config)
+
+    def _set_seed(self) -> None:
+        pass  # seeded in before_instantiate_classes, after the checks: no "Seed set" line before an error
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        check_run_config(config)
+        check_run_paths(config)
+        if self.subcommand in ("validate", "test") and not config.get("ckpt_path"):
+            model = config.get("model")
+            path = getattr(model, "init_args", model).get("model_name_or_path") if model is not None else None
+            rank_zero_info(f"[medkor] no --ckpt_path: {self.subcommand} scores the model as loaded from "
+                           f"model_name_or_path ({path}), untrained by this run")
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, FileNotFoundError, MisconfigurationException) as err:
+            # the constructors only check their arguments (nothing loads before configure_model)
+            raise ConfigError(str(err)) from err
+        super()._set_seed()  # after the checks (no "Seed set" line before an error), before any weight exists
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default: make it atomic
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        present = {type(c) for c in trainer.callbacks}
+        configs = [str(c) for c in (self._config_of_subcommand().get("config") or [])]
+        added = [cb() for cb in (ResumeState, SaveOnPreemption) if cb not in present]
+        if RunReport not in present:
+            added.append(RunReport(configs))
+        trainer.callbacks[:0] = added
+        return trainer
+
+    def _config_of_subcommand(self) -> Any:
+        return self.config[self.subcommand] if self.subcommand else self.config
+
+    def before_fit(self) -> None:
+        self._settle_run_folder(resume=True)
+
+    def before_validate(self) -> None:
+        self._settle_run_folder(resume=False)
+
+    def before_test(self) -> None:
+        self._settle_run_folder(resume=False)
+
+    def _settle_run_folder(self, resume: bool) -> None:
+        """Pick the run folder on global rank zero: the checkpoint's when resuming, else a new one."""
+        trainer, config = self.trainer, self.config_init[self.subcommand]
+        if not resume:
+            stage_subfolder(trainer.loggers, self.subcommand)  # <name>/validate/version_N: never mixed with runs
+        groups = versioned_groups(trainer.loggers)
+        if not groups:
+            return
+        root = Path(trainer.loggers[0].root_dir) if trainer.loggers[0] in sum(groups.values(), []) else None
+        ckpt = config.get("ckpt_path")
+        keep = None
+        if resume and ckpt == "last" and root is not None:
+            found = find_last_checkpoint(root)
+            config["ckpt_path"] = str(found) if found else None
+            rank_zero_info(f"[medkor] resuming from {found}" if found else
+                           f"[medkor] --ckpt_path last: no last checkpoint under {root}; starting a new run")
+            ckpt = config["ckpt_path"]
+        if resume and ckpt and root is not None and Path(ckpt).exists():
+            version = version_of_checkpoint(Path(ckpt), root)
+            if version is not None:
+                keep = (root, version)
+        # one memory-mapped read of a single-file checkpoint (a sharded one is a folder: no step known)
+        checkpoint = load_checkpoint_file(ckpt, mmap=True) if resume and ckpt and Path(ckpt).is_file() else None
+        if checkpoint is not None:
+            self._check_data_position(Path(ckpt), checkpoint)  # before anything in the run folder changes
+        if not trainer.is_global_zero:
+            return  # only rank zero writes logs; checkpoint folders are broadcast from it
+        chosen = assign_versions(trainer.loggers, keep)
+        MedKorCLI.claimed.extend(root / f"version_{n}" for root, n in chosen.items() if (root, n) != keep)
+        if keep is not None:
+            step = int(checkpoint.get("global_step", 0)) if checkpoint is not None else None
+            dropped = continue_history(trainer.loggers, step)
+            note = f"; {dropped} metrics rows logged after step {step} by the interrupted attempt dropped" if dropped else ""
+            rank_zero_info(f"[medkor] continuing run {root / f'version_{keep[1]}'} from step {step}{note}")
+
+    def _check_data_position(self, path: Path, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose loader position needs another batch size or rank count."""
+        state = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
+        for saved in state.get("combined_loader", []):
+            want = {"batch_size": self.datamodule.batch_size, "num_replicas": self.trainer.world_size}
+            changed = [f"{k} {saved.get(k)} -> {v}" for k, v in want.items() if saved.get(k) not in (None, v)]
+            if changed:
+                raise ConfigError(
+                    f"--ckpt_path {path}: its position in the training data does not fit this run "
+                    f"({', '.join(changed)}); resume with the same data.batch_size and number of devices"
+                )
+
+
+class _ParseOnlyCLI(MedKorCLI):
+    """Parses a run config (files, overrides, links) and instantiates nothing."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+    def before_instantiate_classes(self) -> None:
+        pass  # the command checks what it uses (`prepare`: check_run_config); `export` ignores data
+
+    def _set_seed(self) -> None:
+        pass  # parsing a config must not seed anything
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        self.config = parser.parse_args(args)  # args come from a command, not sys.argv
+
+
+def run_cli(args: Sequence[str], from_argv: bool = False) -> MedKorCLI:
+    """Run `medkor fit|validate|test ARGS`; a bad option value raises one `ConfigError` line."""
+    _quiet_lightning()
+    MedKorCLI.claimed = []
+    try:
+        return MedKorCLI(
+            MedGemmaModule,
+            MedKorDataModule,
+            args=None if from_argv else list(args),  # None: LightningCLI reads sys.argv itself
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+        )
+    except ArgumentError as err:
+        raise ConfigError(f"{parser_error_line(str(err))} (`medkor {(list(args) or ['fit'])[0]} --help`)") from err
+    except BaseException:
+        for folder in MedKorCLI.claimed:  # a start that failed leaves no near-empty run folder behind
+            discard_if_unused(folder)
+        raise
+
+
+def parse_run_config(args: Sequence[str]) -> Any:
+    """The parsed config of `medkor fit ARGS` without building model, data or Trainer.
+
+    Commands such as `prepare` and `export` accept the same `--config` files and
+    `--section.key value` overrides as `fit`; this gives them the same view of it.
+    """
+    try:
+        cli = _ParseOnlyCLI(
+            MedGemmaModule,
+            MedKorDataModule,
+            run=False,
+            args=list(args),
+            save_config_callback=None,
+            auto_configure_optimizers=False,
+        )
+    except ArgumentError as err:
+        raise ConfigError(parser_error_line(str(err))) from err
+    return cli.config
