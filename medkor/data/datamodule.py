@@ -21,6 +21,8 @@ from medkor.data.cache import CacheRequest, CacheResult, ensure_caches, open_cac
 from medkor.data.collate import Collator
 from medkor.data.encode import OnLongExample
 from medkor.data.formats import DEFAULT_TEMPLATE, FORMATS, FormatSpec, LossOn
+from medkor.data.leak import LeakCheck, LeakReport, leak_report, refuse_evaluated_files
+from medkor.data.leak import describe as describe_leaks
 from medkor.data.rows import RowsFile
 from medkor.data.loader import ResumableDataLoader
 from medkor.data.sampler import EpochShuffleSampler
@@ -103,6 +105,16 @@ class MedKorDataModule(pl.LightningDataModule):
             `skip` drops it and counts it in the manifest.
         prepare_data_per_node: Build caches on every node (node-local disks) or once
             in all (false: a shared file system).
+        eval_source: KorMedMCQA source the run is scored on (`KorMedMCQAEval.source`):
+            the training records are checked against its questions (exact and n-gram
+            overlap, reported by `prepare_data` with file:line); training on its very
+            files, or on records that hold one of its questions, is refused. Null: no check.
+        eval_split: Split of `eval_source` that is scored.
+        eval_subsets: Subsets of `eval_source` that are scored (default all).
+        allow_eval_overlap: Train even when training records hold evaluation questions
+            (they are still reported).
+        leak_ngram: Characters per n-gram of the overlap measure.
+        leak_threshold: Share of a question's n-grams found in one record that is reported as overlap.
     """
 
     def __init__(
@@ -134,6 +146,12 @@ class MedKorDataModule(pl.LightningDataModule):
         seed: int = 42,
         on_bad_record: OnBadRecord = "error",
         prepare_data_per_node: bool = True,
+        eval_source: Optional[str] = None,
+        eval_split: str = "test",
+        eval_subsets: Optional[list[str]] = None,
+        allow_eval_overlap: bool = False,
+        leak_ngram: int = 13,
+        leak_threshold: float = 0.5,
     ) -> None:
         super().__init__()
         if format not in FORMATS:
@@ -146,6 +164,8 @@ class MedKorDataModule(pl.LightningDataModule):
             messages_field=messages_field, prompt_style=prompt_style, cot=cot,
         )
         self.val_sets = parse_val_sets(val_sets, self.spec)
+        self.leak_check = LeakCheck(eval_source, eval_split, eval_subsets, leak_ngram, leak_threshold) if eval_source else None
+        self.allow_eval_overlap = allow_eval_overlap
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         if max_samples is not None and max_samples < 1:
@@ -210,15 +230,47 @@ class MedKorDataModule(pl.LightningDataModule):
             for split, selection in selections.items()
         ]
 
-    def prepare_caches(self) -> list[CacheResult]:
-        """Find or build every split's cache (all or none published), say how full each one's rows are."""
+    def check_leaks(self) -> Optional[LeakReport]:
+        """Compare the training records with the evaluation questions and log what overlaps.
+
+        Refuses training on the files the evaluation scores (unless `allow_eval_overlap`).
+        None without `eval_source`.
+        """
+        if self.leak_check is None:
+            return None
+        train = require_train_files(self.data_dir)
+        questions = self.leak_check.questions()
+        if not self.allow_eval_overlap:
+            refuse_evaluated_files(train, questions, self.leak_check)
+        report, path = leak_report(train, self.spec, self.leak_check, Path(self.cache_dir), Path(self.data_dir), questions)
+        lines = describe_leaks(report, path)
+        (log.warning if report.hits else log.info)(lines[0])
+        for line in lines[1:]:
+            log.warning("  %s", line)
+        return report
+
+    def _prepare(self) -> tuple[list[CacheResult], Optional[LeakReport]]:
+        report = self.check_leaks()
         results = ensure_caches(self.cache_requests())
         for result in results:
             log.info(describe(result))
-        return results
+        return results, report
+
+    def prepare_caches(self) -> list[CacheResult]:
+        """Find or build every split's cache (all or none published); log how full each one's rows
+        are and any overlap of the training records with the evaluation."""
+        return self._prepare()[0]
 
     def prepare_data(self) -> None:
-        self.prepare_caches()
+        _, report = self._prepare()
+        fitting = self.trainer is None or self.trainer.state.fn in (None, "fit")
+        if report is not None and report.exact and fitting and not self.allow_eval_overlap:
+            first = report.exact[0]
+            raise DataError(
+                f"{first.where}: holds KorMedMCQA {first.subset} question #{first.index} that the run is scored on "
+                f"({len(report.exact)} such records in all, listed above); remove them, or set "
+                "data.allow_eval_overlap: true to train anyway"
+            )
 
     def setup(self, stage: Optional[str] = None) -> None:
         for request in self.cache_requests():
