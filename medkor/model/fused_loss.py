@@ -32,8 +32,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-# Rows of the head per block when a half-precision chunk product is added into a
-# float32 gradient: bounds the temporary to block x hidden instead of vocab x hidden.
+# Rows of the head per block when a half-precision chunk is upcast for the float32 head
+# gradient: bounds the temporary to tokens x block instead of tokens x vocab.
 _HEAD_BLOCK_ROWS = 16384
 
 
@@ -56,36 +56,51 @@ def _chunk_logits(
     return (tanh * softcap).float(), tanh
 
 
+def _softmax_(z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-sum-exp per token, summed loss) of one chunk of float32 logits, turning `z` into its softmax.
+
+    In place: `torch.logsumexp` and `F.softmax` would each need a second chunk-sized tensor.
+    """
+    target = z.gather(1, y.unsqueeze(1)).squeeze(1)
+    top = z.amax(dim=1, keepdim=True)
+    total = z.sub_(top).exp_().sum(dim=1, keepdim=True)
+    z.div_(total)
+    lse = (top + total.log()).squeeze(1)
+    return lse, (lse - target).sum()
+
+
 def _softmax_grad_(
-    z: torch.Tensor, lse: torch.Tensor, y: torch.Tensor, tanh: Optional[torch.Tensor], scale: float, dtype: torch.dtype
+    p: torch.Tensor, y: torch.Tensor, tanh: Optional[torch.Tensor], scale: float, dtype: torch.dtype
 ) -> torch.Tensor:
-    """d(sum of losses * scale)/d(pre-cap logits) of one chunk in `dtype`, overwriting `z` (and `tanh`)."""
-    grad = z.sub_(lse.unsqueeze(1)).exp_()
-    grad[torch.arange(len(y), device=y.device), y] -= 1.0
-    grad.mul_(scale)
+    """d(sum of losses * scale)/d(pre-cap logits) of one chunk in `dtype`, from its softmax `p` (overwritten)."""
+    p[torch.arange(len(y), device=y.device), y] -= 1.0
+    p.mul_(scale)
     if tanh is not None:  # d(cap * tanh(a / cap))/da = 1 - tanh^2; `tanh` is not needed afterwards
-        grad.mul_(tanh.float().square_().neg_().add_(1.0))
-    return grad.to(dtype)
-
-
-def _chunk_loss(z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log-sum-exp per token, summed loss) of one chunk of float32 logits."""
-    lse = torch.logsumexp(z, dim=1)
-    return lse, (lse - z.gather(1, y.unsqueeze(1)).squeeze(1)).sum()
+        p.mul_(tanh.float().square_().neg_().add_(1.0))
+    return p.to(dtype)
 
 
 def _add_head_grad(out: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, first: bool) -> None:
-    """out (+)= grad.T @ x, in place; a half-precision product goes into a float32 `out` block by block."""
+    """out (+)= grad.T @ x in place, summed in `out`'s (float32) precision.
+
+    A half-precision chunk is upcast block by block of head rows, so the temporaries
+    stay block x tokens and every chunk's product is exact before the single final
+    rounding (a bf16 product per chunk would round once per chunk).
+    """
     if grad.dtype == out.dtype:
         if first:
             torch.mm(grad.T, x, out=out)
         else:
             out.addmm_(grad.T, x)
         return
+    x = x.to(out.dtype)
     for start in range(0, out.shape[0], _HEAD_BLOCK_ROWS):
-        block = (grad[:, start:start + _HEAD_BLOCK_ROWS].T @ x).to(out.dtype)
+        block = grad[:, start:start + _HEAD_BLOCK_ROWS].to(out.dtype).T
         rows = out[start:start + _HEAD_BLOCK_ROWS]
-        rows.copy_(block) if first else rows.add_(block)
+        if first:
+            torch.mm(block, x, out=rows)
+        else:
+            rows.addmm_(block, x)
 
 
 def _add_hidden_grad(out: torch.Tensor, grad: torch.Tensor, w: torch.Tensor) -> None:
@@ -94,6 +109,12 @@ def _add_hidden_grad(out: torch.Tensor, grad: torch.Tensor, w: torch.Tensor) -> 
         torch.mm(grad, w, out=out)
     else:
         out.copy_(grad @ w)
+
+
+def _head_grad_buffer(weight: torch.Tensor) -> torch.Tensor:
+    """Where the head gradient accumulates: float32 at least, so sums over chunks round once."""
+    dtype = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
+    return torch.empty(weight.shape, dtype=dtype, device=weight.device)
 
 
 def _can_write_into_grad(weight: torch.Tensor) -> bool:
@@ -108,6 +129,8 @@ def _can_write_into_grad(weight: torch.Tensor) -> bool:
     """
     grad = weight.grad
     if not weight.is_leaf or grad is None or grad.shape != weight.shape or grad.dtype != weight.dtype:
+        return False
+    if grad.dtype not in (torch.float32, torch.float64) or not grad.is_contiguous():
         return False
     if weight._backward_hooks or getattr(weight, "_post_accumulate_grad_hooks", None):
         return False
@@ -129,8 +152,9 @@ def lse_only_loss(
     for start in range(0, len(y), chunk_size):
         stop = start + chunk_size
         z, _ = _chunk_logits(h[start:stop], w, softcap)
-        lse[start:stop], part = _chunk_loss(z, y[start:stop])
+        lse[start:stop], part = _softmax_(z, y[start:stop])
         total += part
+        del z
     return lse, total
 
 
@@ -155,21 +179,22 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
                 return total / count
             want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
             grad_h = torch.empty_like(hidden) if want_h else None
-            grad_w = torch.empty_like(weight) if want_w else None
+            grad_w = _head_grad_buffer(weight) if want_w else None
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
             for start in range(0, count, chunk_size):
                 stop = start + chunk_size
                 x, y = h[start:stop], targets[start:stop]
                 z, tanh = _chunk_logits(x, w, softcap)
-                lse, part = _chunk_loss(z, y)
+                _, part = _softmax_(z, y)
                 total += part
-                grad = _softmax_grad_(z, lse, y, tanh, 1.0 / count, dtype)
+                grad = _softmax_grad_(z, y, tanh, 1.0 / count, dtype)
                 del z, tanh
                 if want_h:
                     _add_hidden_grad(grad_h[start:stop], grad, w)
                 if want_w:
                     _add_head_grad(grad_w, grad, x, first=start == 0)
-            ctx.grads = (grad_h, grad_w)
+                del grad  # before the next chunk's logits exist
+            ctx.grads = (grad_h, grad_w.to(weight.dtype) if want_w else None)
             return total / count
 
     @staticmethod
@@ -189,7 +214,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         into_grad = want_w and _can_write_into_grad(weight)
         grad_h = torch.empty_like(hidden) if want_h else None
-        grad_w = weight.grad if into_grad else (torch.empty_like(weight) if want_w else None)
+        grad_w = weight.grad if into_grad else (_head_grad_buffer(weight) if want_w else None)
         scale = float(grad_output) / count
         with torch.autocast(hidden.device.type, enabled=False):
             h, w = hidden.to(dtype), weight.to(dtype)
@@ -197,10 +222,14 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
                 stop = start + chunk_size
                 x, y = h[start:stop], targets[start:stop]
                 z, tanh = _chunk_logits(x, w, softcap)
-                grad = _softmax_grad_(z, lse[start:stop], y, tanh, scale, dtype)
-                del z, tanh
+                probs = z.sub_(lse[start:stop].unsqueeze(1)).exp_()
+                grad = _softmax_grad_(probs, y, tanh, scale, dtype)
+                del z, probs, tanh
                 if want_h:
                     _add_hidden_grad(grad_h[start:stop], grad, w)
                 if want_w:
                     _add_head_grad(grad_w, grad, x, first=start == 0 and not into_grad)
-        return grad_h, (None if into_grad else grad_w), None, None, None, None, None
+                del grad
+        if into_grad or not want_w:
+            return grad_h, None, None, None, None, None, None
+        return grad_h, grad_w.to(weight.dtype), None, None, None, None, None
