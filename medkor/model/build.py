@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import nn
@@ -13,6 +13,7 @@ from transformers import PreTrainedTokenizerBase
 from medkor.model.embeddings import EmbeddingPlan, extend_embeddings
 from medkor.model.loading import is_multimodal, load_model, load_tokenizer
 from medkor.model.policies import LoraOptions, PolicyResult, apply_policy
+from medkor.model.schedule import TrainableSchedule, apply_schedule, parse_phases
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ class BuiltModel:
         plan: which embedding rows are old, new and padding.
         policy: what trains, with the embedding parameters and gradient hooks.
         multimodal: True for a vision-language checkpoint (vision tower frozen).
+        schedule: the phase switcher when `trainable` is a list of several phases.
     """
 
     model: nn.Module
@@ -34,6 +36,7 @@ class BuiltModel:
     plan: EmbeddingPlan
     policy: PolicyResult
     multimodal: bool
+    schedule: Optional[TrainableSchedule] = None
 
 
 def upcast_trainable(model: nn.Module) -> None:
@@ -58,14 +61,19 @@ def build_model(
     new_token_init: str = "subword_mean",
     untied_output_init: str = "subword_mean",
     pad_vocab_to_multiple_of: Optional[int] = 64,
-    trainable: str = "embeddings+lora",
+    trainable: Union[str, list] = "embeddings+lora",
     lora: Optional[LoraOptions] = None,
     gradient_checkpointing: bool = False,
     attn_implementation: str = "sdpa",
     torch_dtype: str = "float32",
     trust_remote_code: bool = False,
 ) -> BuiltModel:
-    """Load `model_name_or_path`, grow it to `tokenizer_path`, and set what trains."""
+    """Load `model_name_or_path`, grow it to `tokenizer_path`, and set what trains.
+
+    `trainable` is a policy or a list of phases (`medkor.model.schedule`); with several
+    phases every parameter of any phase requires a gradient until the first step applies one.
+    """
+    phases = parse_phases(trainable)
     model = load_model(
         model_name_or_path,
         torch_dtype=torch_dtype,
@@ -102,7 +110,11 @@ def build_model(
         n_old = plan.n_base
     else:
         n_old = getattr(text_cfg, BASE_VOCAB_KEY, None) or plan.rows_after
-    policy = apply_policy(model, trainable, n_old_rows=n_old, lora=lora)
+    schedule = None
+    if len(phases) == 1:
+        policy = apply_policy(model, phases[0].policy, n_old_rows=n_old, lora=lora)
+    else:
+        policy, schedule = apply_schedule(model, phases, n_old_rows=n_old, lora=lora)
     if torch_dtype in ("bfloat16", "float16"):
         upcast_trainable(policy.model)
-    return BuiltModel(policy.model, tokenizer, plan, policy, is_multimodal(model))
+    return BuiltModel(policy.model, tokenizer, plan, policy, is_multimodal(model), schedule)

@@ -8,11 +8,11 @@ import os
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Iterator, Optional, get_args
+from typing import Any, Iterator, Optional, Union, get_args
 
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
 from medkor.model.build import BASE_VOCAB_KEY, BuiltModel, build_model
@@ -21,7 +21,8 @@ from medkor.model.inputs import attention_inputs, mask_padding_labels
 from medkor.model.loading import DTYPES, text_config
 from medkor.model.loss import LossImpl, cce_installed, next_token_loss
 from medkor.model.optim import build_optimizer, build_scheduler, param_groups, warmup_steps_for
-from medkor.model.policies import POLICIES, LoraOptions, Trainable, trainable_summary
+from medkor.model.policies import LoraOptions, Trainable, trainable_summary
+from medkor.model.schedule import TrainablePhase, parse_phases, phase_at, phase_dicts
 from medkor.model.throughput import ThroughputMeter, flops_per_token, peak_tflops_for
 
 TRAINABLE_ONLY_KEY = "medkor_trainable_only"
@@ -50,6 +51,10 @@ class MedGemmaModule(LightningModule):
         trainable: what trains: `new_embeddings` (only rows of new tokens),
             `embeddings` (whole embedding and untied head), `embeddings+lora`,
             `lora`, or `full`. A vision tower never trains. FSDP refuses `new_embeddings`.
+            Or a list of phases switched inside the run, e.g. `[{policy: new_embeddings,
+            until_step: 500}, {policy: embeddings+lora}]` (`medkor/model/schedule.py`):
+            one optimizer and one learning-rate schedule over every phase; FSDP refuses it,
+            DDP needs `find_unused_parameters: true` for it.
         lora: LoRA options for the LoRA policies (rank, alpha, dropout, target modules).
         learning_rate: peak learning rate of the non-embedding parameters.
         embedding_learning_rate: peak learning rate of the embedding (and untied head);
@@ -86,7 +91,7 @@ class MedGemmaModule(LightningModule):
         new_token_init: NewTokenInit = "subword_mean",
         untied_output_init: OutputInit = "subword_mean",
         pad_vocab_to_multiple_of: Optional[int] = 64,
-        trainable: Trainable = "embeddings+lora",
+        trainable: Union[Trainable, list[TrainablePhase]] = "embeddings+lora",
         lora: Optional[LoraOptions] = None,
         learning_rate: float = 2e-4,
         embedding_learning_rate: Optional[float] = None,
@@ -116,6 +121,8 @@ class MedGemmaModule(LightningModule):
             torch_dtype=torch_dtype, loss_chunk_size=loss_chunk_size, loss_impl=loss_impl, peak_tflops=peak_tflops,
         )
         self.save_hyperparameters()
+        if not isinstance(trainable, str):  # plain dicts: checkpoints load them with weights_only=True
+            self.hparams["trainable"] = phase_dicts(parse_phases(trainable))
         self._lora = lora  # hparams keep the value as given (a dict from a config file)
         self._built: Optional[BuiltModel] = None
         self._throughput = ThroughputMeter()
@@ -159,6 +166,8 @@ class MedGemmaModule(LightningModule):
             decay_exempt=built.policy.decay_exempt,
         )
         self._summary = trainable_summary(built.model)
+        # Every parameter any phase trains: what a trainable-only checkpoint holds.
+        self._trainable_ids = {id(p) for p in built.model.parameters() if p.requires_grad}
         self._mfu_params = _matmul_parameters(_unwrapped(built.model))
         self._built = built
         rank_zero_info(self._summary)
@@ -168,6 +177,13 @@ class MedGemmaModule(LightningModule):
             problem = fsdp_problem(self.hparams, training=stage == "fit")
             if problem:
                 raise ValueError(problem)
+        if stage == "fit" and isinstance(self.trainer.strategy, DDPStrategy):
+            kwargs = getattr(self.trainer.strategy, "_ddp_kwargs", {})
+            if len(parse_phases(self.hparams.trainable)) > 1 and not kwargs.get("find_unused_parameters"):
+                raise ValueError(
+                    "model.trainable: a phase list under DDP needs trainer.strategy.init_args."
+                    "find_unused_parameters: true (parameters of a later phase take no gradient before it)"
+                )
 
     def _parts(self) -> BuiltModel:
         if self._built is None:
@@ -249,6 +265,18 @@ class MedGemmaModule(LightningModule):
         return next_token_loss(hidden, head, labels, self.hparams.loss_chunk_size, softcap, self.hparams.loss_impl)
 
     # ---- steps --------------------------------------------------------------
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        schedule = self._parts().schedule
+        if schedule is None:
+            return
+        step = self.trainer.global_step
+        index = phase_at(schedule.phases, step)
+        optimizer = self.optimizers().optimizer if self._has_optimizer() else None
+        if schedule.apply(index, optimizer, weight_decay=self.hparams.weight_decay):
+            rank_zero_info(f"trainable phase {index + 1}/{len(schedule.phases)} ({schedule.phases[index].policy}) "
+                           f"from step {step}: {trainable_summary(self.model)}")
+        self.log("train/trainable_phase", float(index + 1), on_step=True, on_epoch=False)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, count = self.loss(batch)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=max(count, 1))
@@ -320,12 +348,12 @@ class MedGemmaModule(LightningModule):
 
     # ---- checkpoints --------------------------------------------------------
     def trainable_state_keys(self) -> set[str]:
-        """State-dict keys of trainable parameters (tied names included)."""
+        """State-dict keys of parameters that train in any phase (tied names included)."""
         self.configure_model()
         return {
             key
             for key, value in self.state_dict(keep_vars=True).items()
-            if isinstance(value, torch.nn.Parameter) and value.requires_grad
+            if isinstance(value, torch.nn.Parameter) and id(value) in self._trainable_ids
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -382,7 +410,7 @@ def check_options(**options: Any) -> None:
         if o[key] not in allowed:
             raise ValueError(f"model.{key} {o[key]!r} is not one of {', '.join(map(str, allowed))}")
 
-    one_of("trainable", POLICIES)
+    phases = parse_phases(o["trainable"])
     one_of("torch_dtype", tuple(DTYPES))
     one_of("new_token_init", get_args(NewTokenInit))
     one_of("untied_output_init", get_args(OutputInit))
@@ -417,7 +445,7 @@ def check_options(**options: Any) -> None:
     if tokenizer_path is not None and _missing_local_path(tokenizer_path):
         raise FileNotFoundError(f"cannot load a tokenizer from {tokenizer_path!r}: no such folder "
                                 "(model.tokenizer_path)")
-    if o["trainable"] == "new_embeddings" and tokenizer_path in (None, model_path):
+    if any(p.policy == "new_embeddings" for p in phases) and tokenizer_path in (None, model_path):
         config = _local_text_config(model_path)
         if config is not None and BASE_VOCAB_KEY not in config:
             raise ValueError(
@@ -454,8 +482,14 @@ def fsdp_problem(hparams: Any, *, training: bool) -> Optional[str]:
       under `precision: bf16-mixed`.
     - `save_trainable_only`: FSDP saves and loads every parameter itself, before the
       module could allow a partial checkpoint.
+    - a list of several `trainable` phases: FSDP fixes which parameters train when it
+      flattens them, so the trainable set cannot change inside the run.
     """
-    if training and hparams.trainable == "new_embeddings":
+    phases = parse_phases(hparams.trainable)
+    if training and len(phases) > 1:
+        return ("model.trainable: a list of phases cannot train under FSDP (FSDP fixes the trainable set when it "
+                "wraps the model); run the phases with DDP or one GPU, or one policy per run under FSDP")
+    if training and phases[0].policy == "new_embeddings":
         return ("model.trainable: new_embeddings cannot train under FSDP (its old-row gradient mask needs the "
                 "unsharded embedding, FSDP trains a flat sharded copy); use trainable: embeddings under FSDP, "
                 "or new_embeddings with DDP or one GPU (configs/strategies/ddp.yaml)")

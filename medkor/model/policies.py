@@ -101,6 +101,35 @@ def add_lora(model: nn.Module, options: LoraOptions) -> nn.Module:
     return get_peft_model(model, config)
 
 
+LORA_POLICIES = ("lora", "embeddings+lora")
+
+
+def policy_parameters(model: nn.Module, policy: str) -> list[nn.Parameter]:
+    """The parameters `policy` trains in `model` (peft-wrapped already when the policy uses LoRA).
+
+    `full` takes every language-model parameter, LoRA adapters included when the
+    model has them (a staged schedule may add adapters for a later phase).
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"trainable {policy!r} is not one of {', '.join(POLICIES)}")
+    if policy == "full":
+        return [p for name, p in model.named_parameters() if not _is_vision(name)]
+    params = [] if policy == "lora" else embedding_parameters(model)
+    if policy in LORA_POLICIES:
+        params += [p for name, p in model.named_parameters() if "lora_" in name]
+    return params
+
+
+def check_new_rows(model: nn.Module, n_old_rows: int) -> None:
+    """Raise when `new_embeddings` would have no row to train."""
+    rows = embedding_parameters(model)[0].shape[0]
+    if n_old_rows >= rows:
+        raise ValueError(
+            "trainable: new_embeddings needs new rows, but the tokenizer adds no token to the checkpoint "
+            f"({rows} rows, all from the checkpoint); use an extended tokenizer_path or another policy"
+        )
+
+
 def apply_policy(
     model: nn.Module, policy: str, *, n_old_rows: int, lora: Optional[LoraOptions] = None
 ) -> PolicyResult:
@@ -114,31 +143,20 @@ def apply_policy(
     """
     if policy not in POLICIES:
         raise ValueError(f"trainable {policy!r} is not one of {', '.join(POLICIES)}")
+    if policy == "new_embeddings":
+        check_new_rows(model, n_old_rows)
     embeddings = embedding_parameters(model)
     for param in model.parameters():
         param.requires_grad_(False)
     result = PolicyResult(model, [], [])
-    if policy in ("lora", "embeddings+lora"):
+    if policy in LORA_POLICIES:
         result.model = add_lora(model, lora or LoraOptions())  # freezes all but the adapters
-    if policy == "full":
-        for name, param in model.named_parameters():
-            param.requires_grad_(not _is_vision(name))
+    for param in policy_parameters(result.model, policy):
+        param.requires_grad_(True)
+    if policy != "lora":
         result.embedding_params = embeddings
-    elif policy in ("embeddings", "embeddings+lora"):
-        for param in embeddings:
-            param.requires_grad_(True)
-        result.embedding_params = embeddings
-    elif policy == "new_embeddings":
-        rows = embeddings[0].shape[0]
-        if n_old_rows >= rows:
-            raise ValueError(
-                "trainable: new_embeddings needs new rows, but the tokenizer adds no token to the checkpoint "
-                f"({rows} rows, all from the checkpoint); use an extended tokenizer_path or another policy"
-            )
-        for param in embeddings:
-            param.requires_grad_(True)
-            result.hooks.append(old_rows_grad_mask(param, n_old_rows))
-        result.embedding_params = embeddings
+    if policy == "new_embeddings":
+        result.hooks = [old_rows_grad_mask(param, n_old_rows) for param in embeddings]
         result.decay_exempt = list(embeddings)
     return result
 
