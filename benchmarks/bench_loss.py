@@ -1,115 +1,210 @@
-"""Peak memory and time of the loss step: chunked cross-entropy versus full logits.
+"""Peak memory and time of the loss step at MedGemma's shape: fused versus full logits.
 
-The loss step is the output head plus cross-entropy, forward and backward, on the
-final hidden states of a tiny Gemma 3 (hidden 256) with a large vocabulary (64k by
-default) and 1024-token sequences; the head is the tied, trainable embedding, as
-in embedding training. Each variant runs in a fresh process so its peak is its own:
-on CUDA the peak is `max_memory_allocated`, on CPU the rise of the process's peak
-resident memory over its resident memory just before the step.
+The loss step is the output head plus cross-entropy, forward and backward, from the
+final hidden states (hidden 2,560) to a 272,843-token vocabulary, the head trainable
+(tied embedding training). Variants, each in a fresh process so its peak is its own:
+- `naive`: full logits and `F.cross_entropy`, as transformers computes the loss;
+- `chunked`: the replaced method (checkpointed chunks of `--chunk` positions), kept
+  here for the record;
+- `fused`: `medkor.model.loss.next_token_loss`, `loss_impl: torch` (what training uses);
+- `recompute`: the same with `loss_impl: torch_recompute`.
 
-    python benchmarks/bench_loss.py                     # defaults: V=65536, B=2, T=1024
-    python benchmarks/bench_loss.py --vocab 131072 --chunks 1024 256
+Gradients exist before the measured step, as in training: a warm-up step on 16
+tokens allocates them. The measured step then drops them first as `zero_grad` does
+(or, with `--accumulate`, adds into them as a gradient-accumulation micro-batch
+does). Seconds: wall clock of the step; CPU seconds: the process's CPU time over it
+(all threads), less disturbed by other jobs on a shared machine. Peak = the
+process's peak resident memory during the step (reset through /proc/self/clear_refs
+just before it) minus its resident memory just before it; on CUDA,
+`max_memory_allocated` over `memory_allocated`.
+
+Where the naive step would not fit in the memory available (MemAvailable), its
+row is extrapolated linearly in tokens from two measured naive steps and marked
+`estimated`.
+
+    python benchmarks/bench_loss.py                                  # V=272,843, H=2,560, 2,048 tokens
+    python benchmarks/bench_loss.py --seq 512 --accumulate --variants naive fused recompute
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("naive", "chunked", "fused", "recompute")
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def _mem_available_bytes() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise KeyError("MemAvailable")
+
+
+def _replaced_chunked_loss(hidden, weight, labels, chunk_size):
+    """The loss medkor trained with before the fused one: checkpointed chunks of positions."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.checkpoint import checkpoint
+
+    from medkor.model.loss import shift_for_next_token
+
+    def chunk_sum(h, w, y):
+        return F.cross_entropy(F.linear(h, w).float(), y, reduction="sum")
+
+    h, y = shift_for_next_token(hidden, labels)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, len(y), chunk_size):
+        total = total + checkpoint(chunk_sum, h[start:start + chunk_size], weight, y[start:start + chunk_size],
+                                   use_reentrant=False)
+    return total / len(y)
 
 
 def worker(args: argparse.Namespace) -> dict:
-    """One variant, one process: returns loss, median seconds and peak bytes of the step."""
+    """One variant, one process: loss, seconds and peak bytes of one measured step."""
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from medkor.model.loss import chunked_cross_entropy, naive_cross_entropy
+    from medkor.model.loss import naive_cross_entropy, next_token_loss
 
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    hidden = (torch.randn(args.batch, args.seq, args.hidden, device=device)).requires_grad_(True)
-    weight = (torch.randn(args.vocab, args.hidden, device=device) * 0.02).requires_grad_(True)
-    labels = torch.randint(0, args.vocab, (args.batch, args.seq), device=device)
+    dtype = getattr(torch, args.dtype)
+    seq = args.seq[0]
+    hidden = torch.randn(args.batch, seq, args.hidden, device=device, dtype=dtype).requires_grad_(True)
+    weight = torch.randn(args.vocab, args.hidden, device=device, dtype=dtype).mul_(0.02).requires_grad_(True)
+    labels = torch.randint(0, args.vocab, (args.batch, seq), device=device)
     labels[:, :8] = -100
 
-    def step() -> float:
-        hidden.grad = weight.grad = None
+    def loss_of(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if args.variant == "naive":
-            loss = naive_cross_entropy(hidden @ weight.T, labels)
-        else:
-            loss, _ = chunked_cross_entropy(hidden, weight, labels, chunk_size=int(args.variant))
-        loss.backward()
-        return loss.item()
+            return naive_cross_entropy(h @ weight.T, y)
+        if args.variant == "chunked":
+            return _replaced_chunked_loss(h, weight, y, args.chunk)
+        impl = "torch" if args.variant == "fused" else "torch_recompute"
+        return next_token_loss(h, weight, y, args.chunk, None, impl)[0]
 
-    # Gradients exist before the measured step, as in training (they are not the logits' cost).
-    step()
+    warm = hidden[:, :16].detach().requires_grad_(True)
+    loss_of(warm, labels[:, :16].clamp(min=0)).backward()
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        base = _rss_bytes()
-    start = time.perf_counter()
-    loss = step()
-    first = time.perf_counter() - start
+        open("/proc/self/clear_refs", "w").write("5")  # resets the peak RSS to the current one
+        base = _status_kib("VmRSS:") * 1024
+    start, cpu_start = time.perf_counter(), time.process_time()
+    if not args.accumulate:  # what zero_grad(set_to_none=True) does before the step
+        weight.grad = None
+    loss = loss_of(hidden, labels)
+    loss.backward()
+    value = loss.item()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    times = [first]
-    for _ in range(args.repeats - 1):
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return {"variant": args.variant, "loss": loss, "seconds": statistics.median(times), "peak_bytes": peak,
-            "device": str(device)}
+        peak = _status_kib("VmHWM:") * 1024 - base
+    return {"variant": args.variant, "seq": seq, "loss": value, "seconds": seconds, "cpu_seconds": cpu_seconds,
+            "peak_bytes": peak,
+            "device": str(device), "maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def _run(args: argparse.Namespace, variant: str, seq: int) -> dict:
+    cmd = [sys.executable, __file__, "--vocab", str(args.vocab), "--hidden", str(args.hidden), "--batch",
+           str(args.batch), "--seq", str(seq), "--chunk", str(args.chunk), "--dtype", args.dtype,
+           "--variant", variant] + (["--accumulate"] if args.accumulate else [])
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    print(f"  ran {variant} at {seq} tokens: {result['seconds']:.1f} s ({result['cpu_seconds']:.1f} s CPU), "
+          f"{result['peak_bytes'] / 2**20:,.0f} MiB",
+          file=sys.stderr, flush=True)
+    return result
+
+
+def _extrapolate(a: dict, b: dict, seq: int) -> dict:
+    """Naive at `seq` tokens, linear in tokens through two measured naive steps."""
+    def line(key: str) -> float:
+        slope = (b[key] - a[key]) / (b["seq"] - a["seq"])
+        return a[key] + slope * (seq - a["seq"])
+
+    return {"variant": "naive", "seq": seq, "loss": None, "seconds": line("seconds"),
+            "cpu_seconds": line("cpu_seconds"), "peak_bytes": line("peak_bytes"), "device": a["device"],
+            "estimated": (a["seq"], b["seq"])}
+
+
+def _naive(args: argparse.Namespace, seq: int, measured: dict[int, dict]) -> dict:
+    """Measure naive at `seq`, or estimate it where it would not fit (measuring at seq / 4 for the fit)."""
+    points = sorted(measured.values(), key=lambda r: r["seq"])
+    if len(points) >= 2:
+        guess = _extrapolate(points[-2], points[-1], seq)
+        # 2.8 GB head plus its gradient are already resident; the step needs its rise on top.
+        if guess["peak_bytes"] > 0.9 * _mem_available_bytes():
+            return guess
+    result = _run(args, "naive", seq)
+    measured[seq] = result
+    return result
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--vocab", type=int, default=65536)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--seq", type=int, default=1024)
-    parser.add_argument("--chunks", type=int, nargs="+", default=[1024, 256], help="chunk sizes to compare")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--vocab", type=int, default=272843, help="vocabulary (head rows)")
+    parser.add_argument("--hidden", type=int, default=2560, help="hidden size")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--seq", type=int, nargs="+", default=[2048], help="tokens per sequence, one table each")
+    parser.add_argument("--chunk", type=int, default=512, help="loss_chunk_size of chunked, fused and recompute")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["naive", "chunked", "fused"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--accumulate", action="store_true",
+                        help="the measured step adds into existing gradients (accumulation micro-batch)")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
         print(json.dumps(worker(args)))
         return 0
-    common = ["--vocab", str(args.vocab), "--hidden", str(args.hidden), "--batch", str(args.batch),
-              "--seq", str(args.seq), "--repeats", str(args.repeats)]
-    results = []
-    for variant in ["naive"] + [str(c) for c in args.chunks]:
-        out = subprocess.run([sys.executable, __file__, *common, "--variant", variant],
-                             check=True, capture_output=True, text=True).stdout
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    naive = results[0]
-    print(f"loss step, V={args.vocab} H={args.hidden} B={args.batch} T={args.seq}, device {naive['device']}")
-    print(f"{'variant':<14}{'loss':>12}{'|diff|':>10}{'seconds':>10}{'peak MiB':>10}{'mem ratio':>11}{'time ratio':>11}")
     ok = True
-    for r in results:
-        diff = abs(r["loss"] - naive["loss"])
-        ok &= diff <= 1e-5
-        name = "naive" if r["variant"] == "naive" else f"chunked {r['variant']}"
-        print(f"{name:<14}{r['loss']:>12.6f}{diff:>10.1e}{r['seconds']:>10.3f}{r['peak_bytes'] / 2**20:>10.0f}"
-              f"{naive['peak_bytes'] / max(r['peak_bytes'], 1):>10.2f}x{r['seconds'] / naive['seconds']:>10.2f}x")
+    naive_measured: dict[int, dict] = {}
+    seqs = sorted(args.seq)
+    if "naive" in args.variants and len(seqs) > 1:
+        naive_measured[max(seqs[0] // 4, 16)] = _run(args, "naive", max(seqs[0] // 4, 16))
+    for seq in seqs:
+        results = [_naive(args, seq, naive_measured) if v == "naive" else _run(args, v, seq) for v in args.variants]
+        ref = results[0]
+        print(f"\nloss step, V={args.vocab} H={args.hidden} B={args.batch} T={seq} chunk={args.chunk} "
+              f"{args.dtype}{' accumulating' if args.accumulate else ''}, device {ref['device']}")
+        print(f"{'variant':<12}{'loss':>12}{'|diff|':>10}{'seconds':>10}{'cpu s':>10}{'peak MiB':>10}"
+              f"{'mem ratio':>11}{'time ratio':>11}{'cpu ratio':>11}")
+        for r in results:
+            diff: Optional[float] = None
+            if r["loss"] is not None and ref["loss"] is not None:
+                diff = abs(r["loss"] - ref["loss"])
+                ok &= diff <= 1e-5
+            loss = f"{r['loss']:>12.6f}" if r["loss"] is not None else f"{'-':>12}"
+            print(f"{r['variant']:<12}{loss}{(f'{diff:.1e}' if diff is not None else '-'):>10}"
+                  f"{r['seconds']:>10.1f}{r['cpu_seconds']:>10.1f}{r['peak_bytes'] / 2**20:>10,.0f}"
+                  f"{ref['peak_bytes'] / max(r['peak_bytes'], 1):>10.2f}x{r['seconds'] / ref['seconds']:>10.2f}x"
+                  f"{r['cpu_seconds'] / ref['cpu_seconds']:>10.2f}x")
+        if "estimated" in ref:
+            print(f"{ref['variant']} does not fit in {_mem_available_bytes() / 2**30:.1f} GiB available: its row is "
+                  f"extrapolated linearly in tokens from the measured steps at {ref['estimated'][0]} and "
+                  f"{ref['estimated'][1]} tokens")
     print("losses equal within 1e-5" if ok else "LOSSES DIFFER by more than 1e-5")
     return 0 if ok else 1
 
