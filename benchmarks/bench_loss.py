@@ -18,9 +18,10 @@ process's peak resident memory during the step (reset through /proc/self/clear_r
 just before it) minus its resident memory just before it; on CUDA,
 `max_memory_allocated` over `memory_allocated`.
 
-Where the naive step would not fit in the memory available (MemAvailable), its
-row is extrapolated linearly in tokens from two measured naive steps and marked
-`estimated`.
+Where the naive step would not fit in 80 % of the memory available (MemAvailable;
+its need taken as head + gradient + two float32 logits-sized tensors), its row is
+extrapolated linearly in tokens from two measured naive steps (seq / 16 and
+seq / 8, or the two largest measured in the same run) and marked `estimated`.
 
     python benchmarks/bench_loss.py                                  # V=272,843, H=2,560, 2,048 tokens
     python benchmarks/bench_loss.py --seq 512 --accumulate --variants naive fused recompute
@@ -150,17 +151,28 @@ def _extrapolate(a: dict, b: dict, seq: int) -> dict:
             "estimated": (a["seq"], b["seq"])}
 
 
+def _naive_need_bytes(args: argparse.Namespace, seq: int) -> int:
+    """What a naive step's process holds at its peak: head and its gradient, plus two fp32 logits-sized tensors."""
+    item = 4 if args.dtype == "float32" else 2
+    return 2 * args.vocab * args.hidden * item + 2 * args.batch * seq * args.vocab * 4
+
+
 def _naive(args: argparse.Namespace, seq: int, measured: dict[int, dict]) -> dict:
-    """Measure naive at `seq`, or estimate it where it would not fit (measuring at seq / 4 for the fit)."""
-    points = sorted(measured.values(), key=lambda r: r["seq"])
-    if len(points) >= 2:
-        guess = _extrapolate(points[-2], points[-1], seq)
-        # 2.8 GB head plus its gradient are already resident; the step needs its rise on top.
-        if guess["peak_bytes"] > 0.9 * _mem_available_bytes():
-            return guess
-    result = _run(args, "naive", seq)
-    measured[seq] = result
-    return result
+    """Measure naive at `seq`, or, where it would not fit in 80 % of the memory available, extrapolate it.
+
+    The fit uses the two largest naive steps measured in this run, or measures them at
+    seq / 16 and seq / 8.
+    """
+    if _naive_need_bytes(args, seq) <= 0.8 * _mem_available_bytes():
+        measured[seq] = _run(args, "naive", seq)
+        return measured[seq]
+    points = sorted((r for r in measured.values() if r["seq"] < seq), key=lambda r: r["seq"])
+    if len(points) < 2:
+        for n in (max(seq // 16, 16), max(seq // 8, 32)):
+            if n not in measured:
+                measured[n] = _run(args, "naive", n)
+        points = [measured[max(seq // 16, 16)], measured[max(seq // 8, 32)]]
+    return _extrapolate(points[-2], points[-1], seq)
 
 
 def main() -> int:
@@ -181,10 +193,7 @@ def main() -> int:
         return 0
     ok = True
     naive_measured: dict[int, dict] = {}
-    seqs = sorted(args.seq)
-    if "naive" in args.variants and len(seqs) > 1:
-        naive_measured[max(seqs[0] // 4, 16)] = _run(args, "naive", max(seqs[0] // 4, 16))
-    for seq in seqs:
+    for seq in sorted(args.seq):
         results = [_naive(args, seq, naive_measured) if v == "naive" else _run(args, v, seq) for v in args.variants]
         ref = results[0]
         print(f"\nloss step, V={args.vocab} H={args.hidden} B={args.batch} T={seq} chunk={args.chunk} "
