@@ -50,12 +50,13 @@ def grow_bpe(base: BpeModel, learned: LearnedMerges) -> ExtensionResult:
     vocab = dict(base.vocab)
     specials = base.special_contents()
     new_ids: dict[str, int] = {}
+    first_id = base.size
     for token in learned.tokens:
         if token in new_ids:
             raise ValueError(f"token {token!r} is given twice")
         if token in vocab or token in specials:
             raise ValueError(f"token {token!r} is already in the base vocabulary or is a special token")
-        new_ids[token] = vocab[token] = base.size + len(new_ids)
+        new_ids[token] = vocab[token] = first_id + len(new_ids)
     merges: list[Merge] = list(base.merges)
     seen = set(merges)
     for a, b in learned.merges:

@@ -58,25 +58,32 @@ class MergeSelector:
         heapq.heapify(self.term_heap)
         self.required = [t for t in self.plan.required() if t not in self.vocab]
         self._reserve_bound = self.reserve()
-        if self._reserve_bound > budget:
-            raise TermBudgetError(
-                f"the {len(self.required)} terms seen at least {self.plan.required_from} times need "
-                f"{self._reserve_bound} new tokens, more than --num_new_tokens {budget}: raise "
-                "--num_new_tokens or --term_min_frequency"
-            )
 
     # ---------------------------------------------------------------- costs
     def _cost(self, term: str) -> int | None:
         """New tokens that make `term` whole now (None: it cannot be built)."""
-        syms = self.table.symbols[self.table.index[term]]
-        missing = [s for s in syms if s not in self.vocab]
+        missing = self._missing(term)
+        if missing is None:
+            return None
+        return len(self.table.symbols[self.table.index[term]]) - 1 + len(missing)
+
+    def _missing(self, term: str) -> set[str] | None:
+        """Characters of `term` that must become tokens first (None: text that cannot)."""
+        missing = {s for s in self.table.symbols[self.table.index[term]] if s not in self.vocab}
         if any(len(s) != 1 or s in self.banned for s in missing):
             return None
-        return len(syms) - 1 + len(missing)
+        return missing
 
     def reserve(self) -> int:
-        """Tokens the required terms that are not whole yet still need."""
-        return sum(c for t in self.required if (c := self._cost(t)) is not None)
+        """Tokens the required terms that are not whole yet still need (an upper bound:
+        the merges of a shared prefix are counted for each term that has it)."""
+        merges, chars = 0, set()
+        for term in self.required:
+            missing = self._missing(term)
+            if missing is not None and not self._whole(term):
+                merges += len(self.table.symbols[self.table.index[term]]) - 1
+                chars |= missing
+        return merges + len(chars)
 
     def _whole(self, term: str) -> bool:
         return len(self.table.symbols[self.table.index[term]]) == 1 and term in self.vocab
@@ -185,11 +192,20 @@ class MergeSelector:
         return self.learned
 
     def _force(self, term: str) -> None:
-        if self._cost(term) is None:
+        cost = self._cost(term)
+        if cost is None:
             self.required.remove(term)
             self.unbuildable.append(term)
-        else:
-            self._build_term(term)
+            return
+        left = self.budget - len(self.learned.tokens)
+        if cost > left:
+            pending = [t for t in self.required if not self._whole(t)]
+            raise TermBudgetError(
+                f"{len(pending)} of the {len(self.required)} terms seen at least {self.plan.required_from} times "
+                f"do not fit into --num_new_tokens {self.budget} (they need about {self.reserve()} more tokens): "
+                "raise --num_new_tokens or --term_min_frequency"
+            )
+        self._build_term(term)
 
     def _drop_costly_pairs(self) -> bool:
         """With the budget spent, keep only pairs whose result is a token already."""

@@ -40,15 +40,31 @@ def first_difference(tokenizer: Tokenizer, text: str, width: int = 30) -> dict[s
     return {"text": text[lo : at + width], "decoded": back[lo : at + width], "at": at}
 
 
-def round_trip_report(base: Tokenizer, extended: Tokenizer, docs: Sequence[str]) -> dict:
+def measure(tokenizer: Tokenizer, docs: Sequence[str], ids: Sequence[int] = ()) -> dict[str, Any]:
+    """One encoding pass over `docs`: tokens, documents that do not decode back, which of `ids` occur."""
+    wanted, seen, tokens, lost = set(ids), set(), 0, []
+    for start in range(0, len(docs), 256):
+        batch = list(docs[start : start + 256])
+        encodings = tokenizer.encode_batch(batch, add_special_tokens=False)
+        decoded = tokenizer.decode_batch([e.ids for e in encodings], skip_special_tokens=False)
+        for offset, (doc, enc, back) in enumerate(zip(batch, encodings, decoded)):
+            tokens += len(enc.ids)
+            if back != doc:
+                lost.append(start + offset)
+            if wanted:
+                seen.update(i for i in enc.ids if i in wanted)
+    return {"tokens": tokens, "lost": lost, "used": len(seen)}
+
+
+def round_trip_report(
+    base: Tokenizer, extended: Tokenizer, docs: Sequence[str], lost_base: Sequence[int], lost_ext: Sequence[int]
+) -> dict:
     """Round-trip failures of base and extended counted apart, with an example of each.
 
-    `added` lists documents only the extension loses: those are its fault; the rest
-    the base loses already (no byte fallback, `<unk>`, a lossy normalizer).
+    `added_by_extension` counts documents only the extension loses: those are its
+    fault; the rest the base loses already (no byte fallback, `<unk>`, a lossy normalizer).
     """
-    lost_base = set(round_trip_failures(base, docs))
-    lost_ext = set(round_trip_failures(extended, docs))
-    added = sorted(lost_ext - lost_base)
+    added = sorted(set(lost_ext) - set(lost_base))
     report: dict[str, Any] = {
         "documents": len(docs), "base": len(lost_base), "extended": len(lost_ext), "added_by_extension": len(added)
     }
@@ -68,14 +84,6 @@ def not_formed_alone(tokenizer: Tokenizer, tokens: Sequence[str]) -> list[str]:
     """Tokens that their own text does not encode to (ids no text would ever reach alone)."""
     encodings = tokenizer.encode_batch([to_text(t) for t in tokens], add_special_tokens=False)
     return [t for t, enc in zip(tokens, encodings) if enc.tokens != [t]]
-
-
-def token_use(tokenizer: Tokenizer, docs: Sequence[str], ids: Sequence[int]) -> int:
-    """How many of `ids` appear at least once in the encodings of `docs`."""
-    wanted, seen = set(ids), set()
-    for enc in encode_all(tokenizer, docs):
-        seen.update(i for i in enc.ids if i in wanted)
-    return len(seen)
 
 
 def word_starts_kept_whole(tokenizer: Tokenizer, docs: Sequence[str], word_initial: set[str]) -> tuple[int, int]:

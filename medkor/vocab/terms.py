@@ -39,7 +39,7 @@ class TermPlan:
     """
 
     frequency: dict[str, int] = field(default_factory=dict)
-    required_from: int = 3
+    required_from: int = 5
     priority: float = 1.0
 
     @classmethod

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from medkor.vocab.subword import train_bpe
+from medkor.vocab.subword import write_gemma_like as write_gemma_style
 
 NOUNS = [
     "당뇨병", "고혈압", "심근경색", "뇌졸중", "폐렴", "간경변", "신부전", "갑상선기능저하증",
@@ -42,17 +42,4 @@ def korean_sentences(count: int, seed: int = 0, nouns: list[str] | None = None) 
 
 def write_gemma_like(texts: list[str], out: Path, vocab_size: int = 400) -> Path:
     """Train a small BPE on `texts` and save it as a Gemma-3-style tokenizer folder."""
-    from transformers import GemmaTokenizer
-
-    trained = train_bpe(texts, vocab_size=vocab_size, min_frequency=2)
-    model = __import__("json").loads(trained.to_str())["model"]
-    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"]
-    tokens = specials + [f"<0x{b:02X}>" for b in range(256)]
-    tokens += [t for t in sorted(model["vocab"], key=model["vocab"].get) if t not in tokens]
-    if "▁" not in tokens:
-        tokens.append("▁")
-    merges = [tuple(m) if not isinstance(m, str) else tuple(m.split(" ")) for m in model["merges"]]
-    tok = GemmaTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=merges)
-    tok.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
-    tok.save_pretrained(out)
-    return out
+    return write_gemma_style(texts, out, vocab_size)

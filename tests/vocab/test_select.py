@@ -80,8 +80,9 @@ def test_other_terms_compete_by_what_they_save_times_the_priority():
 
 def test_required_terms_that_do_not_fit_are_refused_with_the_fix():
     plan = TermPlan({"▁폐렴구균": 3, "▁심근경색": 4}, required_from=3)
-    with pytest.raises(TermBudgetError, match=r"the 2 terms seen at least 3 times need \d+ new tokens, more than "
-                                              r"--num_new_tokens 3: raise --num_new_tokens or --term_min_frequency"):
+    with pytest.raises(TermBudgetError, match=r"2 of the 2 terms seen at least 3 times do not fit into "
+                                              r"--num_new_tokens 3 \(they need about 16 more tokens\): raise "
+                                              r"--num_new_tokens or --term_min_frequency"):
         select(budget=3, plan=plan)
 
 
