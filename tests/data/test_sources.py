@@ -97,3 +97,12 @@ def test_split_files_patterns_and_empty_dir(tmp_path):
     names = [str(p.relative_to(tmp_path)) for p in require_train_files(tmp_path)]
     assert names == ["train.jsonl", "train-00000.jsonl", "train-00001.jsonl", "train/a.jsonl", "train/b.jsonl"]
     assert split_files(tmp_path, "validation") == []
+
+
+def test_malformed_json_names_the_column_of_the_error_not_of_the_line_break():
+    from medkor.data.sources import read_json_line
+
+    line = '{"text": "abc def ghi jkl mno pqr st"\n'  # the closing brace is missing at column 38
+    record, problem, blank = read_json_line(line.encode())
+    assert record is None and not blank
+    assert "at column 38" in problem, problem
