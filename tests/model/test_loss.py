@@ -58,7 +58,11 @@ def test_matches_naive_value_and_gradients(impl, softcap, shape, chunk):
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("tied", [True, False])
 def test_tied_and_untied_heads_through_an_embedding(impl, tied):
-    """The head gradient adds to the input-embedding gradient of the same parameter when tied."""
+    """The head gradient adds to the input-embedding gradient of the same parameter when tied.
+
+    Two micro-batches through backward(): the second one accumulates into existing
+    gradients (straight into .grad with torch_recompute).
+    """
     g = torch.Generator().manual_seed(3)
     embed = torch.randn(50, 12, generator=g).requires_grad_(True)
     head = embed if tied else torch.randn(50, 12, generator=g).requires_grad_(True)
@@ -67,9 +71,11 @@ def test_tied_and_untied_heads_through_an_embedding(impl, tied):
     params = [embed] if tied else [embed, head]
 
     def run(loss_fn):
-        hidden = torch.tanh(embed[ids] @ mix)
-        loss = loss_fn(hidden, head, ids)
-        return torch.autograd.grad(loss, params)
+        for p in params:
+            p.grad = None
+        for rows in (ids, ids.flip(0)):
+            loss_fn(torch.tanh(embed[rows] @ mix), head, rows).backward()
+        return [p.grad.clone() for p in params]
 
     expected = run(lambda h, w, y: _naive(h, w, y))
     got = run(lambda h, w, y: next_token_loss(h, w, y, 5, None, impl)[0])
@@ -161,6 +167,23 @@ def test_recompute_accumulates_straight_into_existing_grad():
     _close(weight.grad, 2 * before)
     assert len(_head_buffers(weight, step("torch"))) == 1
     _close(weight.grad, 3 * before)
+
+
+def test_recompute_returns_its_buffer_under_a_process_group():
+    """DDP/FSDP learn of a ready gradient from autograd's accumulation: with a process group, no bypass."""
+    import torch.distributed as dist
+
+    hidden, weight, labels = _case(seed=14, v=4001, h=8)
+    next_token_loss(hidden, weight, labels, 16, None, "torch_recompute")[0].backward()
+    before = weight.grad.clone()
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        new = _head_buffers(weight, lambda: next_token_loss(hidden, weight, labels, 16, None, "torch_recompute")[0]
+                            .backward())
+    finally:
+        dist.destroy_process_group()
+    assert len(new) == 1
+    _close(weight.grad, 2 * before)
 
 
 def test_recompute_under_autograd_grad_leaves_existing_grad_alone():
