@@ -76,7 +76,10 @@ def resolve_loss_impl(requested: str, device: torch.device) -> str:
 def _cce_loss(h: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, softcap: Optional[float]) -> torch.Tensor:
     from cut_cross_entropy import linear_cross_entropy
 
-    return linear_cross_entropy(h, weight, y, softcap=softcap, reduction="mean", impl=CCE_IMPL)
+    # Its kernels take one dtype for both operands: the one autocast would give the matmul
+    # (the casts stay differentiable, so a float32 head still gets its gradient).
+    dtype = compute_dtype(h, weight)
+    return linear_cross_entropy(h.to(dtype), weight.to(dtype), y, softcap=softcap, reduction="mean", impl=CCE_IMPL)
 
 
 def next_token_loss(
