@@ -81,6 +81,7 @@ def check_run_config(config: Any) -> None:
     interval = _get(config, "trainer.val_check_interval")
     if interval is not None and not isinstance(interval, str) and interval <= 0:
         raise ConfigError(f"trainer.val_check_interval must be > 0, got {interval!r} (a fraction of an epoch or a number of batches)")
+    _at_least(config, "cpu_threads", 1, "torch threads on CPU; null = one per core")
     _at_least(config, "data.batch_size", 1, "rows per micro-batch")
     _at_least(config, "data.num_workers", 0, "DataLoader worker processes; 0 = load in the training process")
     _at_least(config, "data.max_length", 2, "tokens per packed row")
@@ -250,7 +251,7 @@ def quick_config(args: list[str]) -> Optional[dict[str, Any]]:
             files.append(value)
             continue
         if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key) or key.split(".")[0] not in (
-                "model", "data", "trainer", "ckpt_path", "seed_everything"):
+                "model", "data", "trainer", "ckpt_path", "seed_everything", "cpu_threads"):
             return None
         try:
             parsed = yaml.safe_load(value)

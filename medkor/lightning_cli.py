@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import torch
 from jsonargparse import ArgumentError
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -33,7 +34,8 @@ from medkor.run.folders import discard_if_unused, find_last_checkpoint, version_
 from medkor.run.loggers import assign_versions, continue_history, stage_subfolder, versioned_groups
 
 # Lightning's start-up lines that tell a medkor user nothing (the accelerator is in the config)
-_NOISE = ("GPU available:", "TPU available:", "HPU available:", "💡 Tip:", "Loading `train_dataloader` to estimate")
+_NOISE = ("GPU available:", "TPU available:", "HPU available:", "💡 Tip:", "Loading `train_dataloader` to estimate",
+          "`weights_only` was not set")  # (medkor loads every checkpoint with weights_only=True regardless)
 USAGE = "medkor {0} --config FILE [--config FILE ...] [--model.KEY VALUE] [--data.KEY VALUE] [--trainer.KEY VALUE] [--ckpt_path PATH]"
 
 
@@ -43,7 +45,8 @@ class _DropNoise(logging.Filter):
 
 
 def _quiet_lightning() -> None:
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.pytorch.trainer.connectors.checkpoint_connector"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropNoise) for f in logger.filters):
             logger.addFilter(_DropNoise())
@@ -98,6 +101,11 @@ class MedKorCLI(LightningCLI):
         return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--cpu_threads", type=Optional[int], default=None,
+            help="torch threads for CPU work (null: torch's default, one per core). A tiny model runs as fast on "
+            "one thread and does not slow down when other processes share the cores; the demo uses 1.",
+        )
         parser.link_arguments(
             ("model.model_name_or_path", "model.tokenizer_path"),
             "data.tokenizer_path",
@@ -127,6 +135,9 @@ class MedKorCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_run_config(config)
         check_run_paths(config)
+        threads = config.get("cpu_threads")
+        if threads:
+            torch.set_num_threads(int(threads))
         if self.subcommand in ("validate", "test") and not config.get("ckpt_path"):
             model = config.get("model")
             path = getattr(model, "init_args", model).get("model_name_or_path") if model is not None else None

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-USAGE = "medkor export --config FILE [--ckpt_path PATH] --out DIR [--dtype DTYPE] [--model.KEY VALUE ...]"
+USAGE = "medkor export --config FILE [--ckpt_path PATH] --out DIR [--overwrite] [--dtype DTYPE] [--model.KEY VALUE ...]"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,7 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", action="append", default=[], help="run config YAML (repeatable, as for fit)")
     parser.add_argument("--ckpt_path", default=None, help="Lightning checkpoint to load (full or trainable-only)")
-    parser.add_argument("--out", required=True, help="folder to write; created if missing")
+    parser.add_argument("--out", required=True, help="folder to write; created if missing, refused if not empty")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier export in --out (only the files it wrote; others are kept)")
     parser.add_argument(
         "--dtype", default=None, choices=["float32", "bfloat16", "float16"],
         help="weight dtype of the export (default: the dtype the model trains in)",
@@ -63,27 +65,50 @@ def main(argv: list[str]) -> int:
     if not args.config and not any(a.startswith("--model.") for a in rest):
         print(f"usage: {USAGE}\nmedkor export: error: --config is required", file=sys.stderr)
         return 2
+    from medkor.run.export_folder import (
+        ExportFolderError, check_export_target, discard_staging, publish_export, staging_folder,
+    )
+
+    out = Path(args.out)
+    try:  # before anything loads: a wrong folder or checkpoint costs nothing
+        check_export_target(out, args.overwrite)
+        if args.ckpt_path and not Path(args.ckpt_path).is_file():
+            raise ExportFolderError(f"--ckpt_path {args.ckpt_path}: no such file")
+    except ExportFolderError as err:
+        print(f"medkor export: error: {err}", file=sys.stderr)
+        return 2
     import torch
 
+    from medkor.checks import ConfigError
     from medkor.lightning_cli import parse_run_config
     from medkor.model import MedGemmaModule
     from medkor.model.export import export_folder
 
-    config = parse_run_config([x for c in args.config for x in ("--config", c)] + rest)
-    kwargs = model_args(config)
+    staging = None
     try:
+        config = parse_run_config([x for c in args.config for x in ("--config", c)] + rest)
+        kwargs = model_args(config)
+        print(f"medkor export: building the model of {', '.join(args.config) or 'the options'}"
+              + (f" and loading {args.ckpt_path}" if args.ckpt_path else ""), file=sys.stderr, flush=True)
         module = MedGemmaModule(**kwargs)
         if args.ckpt_path:
             load_checkpoint(module, args.ckpt_path)
         dtype: Optional[torch.dtype] = getattr(torch, args.dtype) if args.dtype else None
         source = Path(kwargs["model_name_or_path"])
-        out = export_folder(module.model, module.tokenizer, args.out, dtype=dtype,
-                            processor_source=source if source.is_dir() else None)
-    except (OSError, ValueError, RuntimeError) as err:
-        print(f"medkor export: error: {err}", file=sys.stderr)
+        staging = staging_folder(out)
+        export_folder(module.model, module.tokenizer, staging, dtype=dtype,
+                      processor_source=source if source.is_dir() else None)
+        files = publish_export(staging, out, args.overwrite)
+        staging = None
+    except (ConfigError, OSError, ValueError, RuntimeError) as err:
+        print(f"medkor export: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1
-    print(f"medkor export: wrote {out} ({module.embedding_plan.rows_after} embedding rows, "
-          f"{len(module.tokenizer)} tokens)")
+    finally:
+        discard_staging(staging)  # an interrupted or failed export leaves no half-written folder
+    size = sum((out / name).stat().st_size for name in files) / 2**20
+    print(f"medkor export: wrote {out} ({len(files)} files, {size:.1f} MiB; {module.embedding_plan.rows_after} "
+          f"embedding rows, {len(module.tokenizer)} tokens)")
+    print(f"  load it with AutoModelForCausalLM.from_pretrained({str(out)!r}) or use it as model_name_or_path")
     return 0
 
 

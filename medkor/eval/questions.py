@@ -3,7 +3,9 @@
 Accepted sources (``source`` argument of :func:`load_questions`):
 
 * a hub id such as ``sean0042/KorMedMCQA`` (one config per subset, loaded with ``datasets``);
-* a folder ``DIR/<subset>/<split>.{jsonl,csv,parquet}`` (the layout of the demo sample);
+* a folder ``DIR/<subset>/<split>.{jsonl,csv,parquet}`` (the layout of the demo sample), or
+  ``DIR/<subset>-<split>.*``, or a hub snapshot's shards ``DIR/<subset>/<split>-*.parquet``
+  (read in name order);
 * a folder holding ``DIR/<split>.{jsonl,csv,parquet}`` with a ``subject`` column naming each
   record's subset;
 * a single ``.jsonl``/``.csv``/``.parquet`` file whose records carry a ``subject`` column naming
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
@@ -137,6 +139,19 @@ def _find_split_file(folder: Path, split: str) -> Optional[Path]:
     return found[0] if found else None
 
 
+def subset_files(folder: Path, subset: str, split: str) -> tuple[list[Path], list[str]]:
+    """(files holding `subset`'s `split` in `folder`, the layouts tried), in the order the layouts are tried."""
+    tried = [f"{subset}/{split}.*", f"{subset}-{split}.*", f"{subset}/{split}-*.parquet"]
+    nested = _find_split_file(folder / subset, split) if (folder / subset).is_dir() else None
+    if nested is not None:
+        return [nested], tried
+    flat = _find_split_file(folder, f"{subset}-{split}")
+    if flat is not None:
+        return [flat], tried
+    shards = sorted((folder / subset).glob(f"{split}-*.parquet")) if (folder / subset).is_dir() else []
+    return shards, tried
+
+
 def _subset_named_by(path: Path) -> Optional[str]:
     """The subset a file's name or parent folder names, if exactly one."""
     for name in (path.stem.lower(), path.parent.name.lower()):
@@ -216,13 +231,18 @@ def load_questions(
             by_subset = _questions_from_file(whole, subsets, fallback_subset=None)
         else:
             for subset in subsets:
-                file = _find_split_file(path / subset, split)
-                if file is None:
+                files, tried = subset_files(path, subset, split)
+                if not files:
                     raise QuestionError(
-                        f"{path}: no {subset}/{split}.jsonl (or .csv/.parquet) and no {split}.jsonl with a subject "
-                        f"column; expected the layout DIR/<subset>/<split>.jsonl"
+                        f"{path}: no file for subset {subset!r}, split {split!r}; tried {', '.join(tried)} and "
+                        f"{split}.* with a subject column (* = {', '.join(e.lstrip('.') for e in EXTENSIONS)})"
                     )
-                by_subset.update(_questions_from_file(file, [subset], None, forced_subset=subset))
+                questions: list[Question] = []
+                for file in files:  # shards of one split: indices run on across them
+                    part = _questions_from_file(file, [subset], None, forced_subset=subset)[subset]
+                    offset = len(questions)
+                    questions.extend([replace(q, index=offset + i) for i, q in enumerate(part)])
+                by_subset[subset] = questions
     elif path.is_file():
         by_subset = _questions_from_file(path, subsets, fallback_subset=_subset_named_by(path))
     elif str(source).count("/") == 1 and not str(source).startswith((".", "/", "~")) and path.suffix == "":

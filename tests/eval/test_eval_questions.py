@@ -81,7 +81,7 @@ def test_missing_columns_and_missing_files(tmp_path):
     write_jsonl(tmp_path / "doctor" / "test.jsonl", [record])
     with pytest.raises(QuestionError, match=r"test\.jsonl:1: missing field\(s\) E, answer"):
         load_questions(tmp_path, subsets=["doctor"])
-    with pytest.raises(QuestionError, match=r"no nurse/test\.jsonl"):
+    with pytest.raises(QuestionError, match=r"no file for subset .nurse.*tried nurse/test\.\*"):
         load_questions(tmp_path, subsets=["nurse"])
     with pytest.raises(QuestionError, match="no such file or folder"):
         load_questions(tmp_path / "absent.jsonl")
@@ -123,3 +123,31 @@ def test_hub_id_goes_through_datasets(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", failing)
     with pytest.raises(QuestionError, match="not a local path and loading it from the hub"):
         load_questions("someone/KorMedMCQA", subsets=["doctor"])
+
+
+def _texts(questions):
+    return {subset: [(q.index, q.question, q.answer) for q in qs] for subset, qs in questions.items()}
+
+
+def test_flat_subset_split_files_and_hub_snapshot_shards_load_as_the_folder_layout(sample_dir, tmp_path):
+    expected = _texts(load_questions(sample_dir))
+    flat, snapshot = tmp_path / "flat", tmp_path / "snapshot"
+    flat.mkdir()
+    for subset in expected:
+        records = [json.loads(line) for line in (sample_dir / subset / "test.jsonl").read_text(encoding="utf-8").splitlines()]
+        write_jsonl(flat / f"{subset}-test.jsonl", records)
+        half = len(records) // 2  # two shards, as the hub writes a large split
+        (snapshot / subset).mkdir(parents=True)
+        for n, part in enumerate((records[:half], records[half:])):
+            pq.write_table(pa.Table.from_pylist(part), snapshot / subset / f"test-0000{n}-of-00002.parquet")
+    assert _texts(load_questions(flat)) == expected
+    assert _texts(load_questions(snapshot)) == expected  # indices run on across shards
+
+
+def test_missing_subset_error_lists_the_layouts_tried(tmp_path):
+    write_jsonl(tmp_path / "doctor" / "test.jsonl", [question_record(i) for i in range(2)])
+    with pytest.raises(QuestionError) as err:
+        load_questions(tmp_path, subsets=["doctor", "nurse"])
+    message = str(err.value)
+    for layout in ("nurse/test.*", "nurse-test.*", "nurse/test-*.parquet", "subject column"):
+        assert layout in message, message
