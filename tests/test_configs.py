@@ -255,3 +255,33 @@ def test_commands_and_paths_in_comments_are_real(path, capsys):
         assert (ROOT / name).is_file(), f"{_rel(path)} names {name}, which does not exist"
     for command in _comment_commands(path):
         _parse(command, capsys)
+
+
+STAGES = ("00_plain_text", "01_medical_dict", "02_kormedmcqa")
+
+
+@pytest.mark.parametrize("family", ["medgemma-4b", "demo"])
+def test_stage_configs_chain_exports_and_keep_the_replaced_settings(family):
+    """Each stage starts from the export folder the previous stage's comment writes; the GPU
+    stages keep lr 1e-4, effective batch 32, rows 512/256/1024, 10 % warmup, wd 0.01, clip 0.3."""
+    from medkor.data import MedKorDataModule
+
+    files = [CONFIGS / family / f"{stage}.yaml" for stage in STAGES]
+    trees = [_load(path) for path in files]
+    for previous, path, tree in zip(files, files[1:], trees[1:]):
+        out = re.search(r"medkor export .*--out (\S+)", previous.read_text(encoding="utf-8")).group(1)
+        assert _get(tree, "model.model_name_or_path") == out, f"{_rel(path)} does not start from {out}"
+    assert [_get(t, "data.format") for t in trees] == ["text", "dictionary", "mcq"]
+    for tree in trees:
+        if family == "demo":  # bundled data: every data option is real and valid (files checked)
+            MedKorDataModule(**tree["data"])
+        assert _get(tree, "data.eval_source") == _get(
+            next(c for c in tree["trainer"]["callbacks"] if c["class_path"].endswith("KorMedMCQAEval")), "init_args.source"
+        ) or _get(tree, "data.eval_source") is None
+    assert "plain_text" in _get(trees[1], "data.val_sets")
+    if family == "medgemma-4b":
+        assert [_get(t, "data.max_length") for t in trees] == [512, 256, 1024]
+        for tree in trees:
+            assert _get(tree, "data.batch_size") * _get(tree, "trainer.accumulate_grad_batches") == 32
+            assert (_get(tree, "model.learning_rate"), _get(tree, "model.warmup_ratio"),
+                    _get(tree, "model.weight_decay"), _get(tree, "trainer.gradient_clip_val")) == (1e-4, 0.1, 0.01, 0.3)
