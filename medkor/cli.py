@@ -134,6 +134,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         except KeyboardInterrupt:  # Ctrl-C: the commands clean up on the way out; no traceback
             print(f"medkor {command}: interrupted", file=sys.stderr)
             code = 130
+        except BrokenPipeError:  # `medkor cache ls DIR | head`: the reader has gone; nothing to report
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            code = 0
         sys.exit(code)
     if command not in TRAINING:
         print(f"medkor: error: unknown command {command!r}; choose one of "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import subprocess
@@ -72,6 +73,129 @@ def test_demo_fits_then_validates_its_checkpoint(repo_root, tmp_path):
     assert len(checkpoints) == 2, checkpoints  # one per epoch
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()  # the step checkpoint, brought up to the end
 
+    assert all(r["epoch"] != "" for r in rows if r.get("kormedmcqa/acc")), "KorMedMCQA rows need their epoch"
+
+    # the terminal tells the story: baseline per subset with n, each epoch with its change and val/loss, the end
+    said = [line for line in fit.stdout.splitlines() if line.startswith("[medkor] ")]
+    baseline = next(line for line in said if "KorMedMCQA baseline (step 0)" in line)
+    assert all(f"{subset} " in baseline and "n=12" in baseline for subset in ["doctor", "nurse", "pharm", "dentist"])
+    epochs = [line for line in said if line.startswith("[medkor] KorMedMCQA (epoch")]
+    assert len(epochs) == 2 and all("since baseline" in line and "val/loss" in line for line in epochs), epochs
+    end = "\n".join(said[said.index(next(line for line in said if line.startswith("[medkor] done:"))):])
+    for expected in [f"run folder   {run_dir}", f"last ckpt    {run_dir / 'checkpoints' / 'last.ckpt'}",
+                     str(checkpoints[-1]), str(run_dir / "kormedmcqa" / "summary.json"),
+                     f"medkor plot {run_dir}", "medkor validate --config", "medkor export --config"]:
+        assert expected in end, (expected, end)
+
     validate = run_medkor(["validate", "--config", str(config_file), "--ckpt_path", str(checkpoints[-1])], repo_root)
     assert validate.returncode == 0, validate.stderr[-4000:]
     assert "val/loss" in validate.stdout and "kormedmcqa/acc" in validate.stdout
+    # its own folder, apart from training runs; the checkpoint's true epoch and step; every file named exists
+    validate_dir = tmp_path / "logs" / "demo" / "validate" / "version_0"
+    assert sorted(p.name for p in (tmp_path / "logs" / "demo").iterdir()) == ["validate", "version_0"]
+    summary = json.loads((validate_dir / "kormedmcqa" / "summary.json").read_text(encoding="utf-8"))
+    latest = summary["latest"]
+    assert (latest["stage"], latest["epoch"], latest["step"]) == ("validate", 1, 6), latest
+    assert latest["checkpoint"] == str(checkpoints[-1])
+    named = [e["predictions"] for e in [summary["baseline"], *summary["evaluations"]] if e and e["predictions"]]
+    assert named and all((validate_dir / "kormedmcqa" / name).is_file() for name in named), named
+    assert "KorMedMCQA validate (epoch 1, step 6)" in validate.stdout
+
+    untrained = run_medkor(["validate", "--config", str(config_file), "--trainer.limit_val_batches", "1"], repo_root)
+    assert untrained.returncode == 0, untrained.stderr[-4000:]
+    assert "no --ckpt_path: validate scores the model as loaded from model_name_or_path" in untrained.stdout + untrained.stderr
+
+
+# ---------------------------------------------------------------- commands that answer at once
+
+HEAVY = ("torch", "lightning", "transformers")
+
+
+@pytest.mark.parametrize("args", [
+    ["--help"], ["prepare", "--help"], ["cache", "--help"], ["cache", "ls", "{tmp}"], ["cache", "verify", "{tmp}"],
+    ["extend-vocab", "--help"], ["export", "--help"], ["plot", "--help"], ["plot", "{tmp}"],
+])
+def test_plain_commands_import_neither_torch_nor_lightning(args, repo_root, tmp_path):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    code = ("import sys\nfrom medkor.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+            "print('HEAVY', sorted(m for m in %r if m in sys.modules))" % (args, HEAVY))
+    result = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert "HEAVY []" in result.stdout, (args, result.stdout[-500:], result.stderr[-2000:])
+
+
+def test_prepare_help_lists_every_data_option(repo_root):
+    import inspect
+
+    from medkor.data import MedKorDataModule
+
+    result = run_medkor(["prepare", "--help"], repo_root, timeout=60)
+    assert result.returncode == 0, result.stderr
+    for name in inspect.signature(MedKorDataModule.__init__).parameters:
+        if name not in ("self", "tokenizer_path"):
+            assert re.search(rf"^  --data\.{name} \(default: .+\)\n      \S", result.stdout, re.M), name
+
+
+def test_fit_help_puts_medkor_options_before_the_trainer_options(repo_root):
+    result = run_medkor(["fit", "--help"], repo_root, timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    first = {key: out.index(f"  --{key}.") for key in ("model", "data", "trainer")}
+    assert first["model"] < first["trainer"] and first["data"] < first["trainer"], first
+    assert out.index("usage:") < first["model"] < 60 * 80  # a short usage, then medkor's own options
+
+
+# ---------------------------------------------------------------- errors in one line
+
+def _demo_config(repo_root: Path, tmp_path: Path, **data: object) -> Path:
+    config = yaml.safe_load((repo_root / "configs" / "demo.yaml").read_text(encoding="utf-8"))
+    for logger in config["trainer"]["logger"]:
+        logger["init_args"]["save_dir"] = str(tmp_path / "logs")
+    config["data"].update(cache_dir=str(tmp_path / "cache"), **data)
+    path = tmp_path / "demo.yaml"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("override, expected", [
+    (["--model.model_name_or_path", "/nonexistent/model"], "model.model_name_or_path '/nonexistent/model': no such folder"),
+    (["--model.tokenizer_path", "tokenizers/medgemma-ko"],
+     "no such folder (relative to the working directory {cwd}), and HF_HUB_OFFLINE is set"),
+    (["--data.data_dir", "missing/data"], "data.data_dir 'missing/data': no such folder (relative to the working directory {cwd})"),
+    (["--trainer.max_epochs", "-3"], "trainer.max_epochs must be >= -1, got -3"),
+    (["--trainer.accumulate_grad_batches", "0"], "trainer.accumulate_grad_batches must be >= 1, got 0"),
+    (["--ckpt_path", "nope.ckpt"], "--ckpt_path 'nope.ckpt': no such file"),
+    (["--trainer.max_epochs", "x"], "trainer.max_epochs must be >= -1, got 'x'"),
+])
+def test_fit_errors_are_one_line_before_anything_loads(override, expected, repo_root, tmp_path):
+    config = _demo_config(repo_root, tmp_path)
+    result = run_medkor(["fit", "--config", str(config), *override], repo_root, timeout=60)
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("medkor fit: error: ") and expected.format(cwd=repo_root) in lines[0], lines[0]
+    assert not (tmp_path / "logs").exists()
+
+
+def test_demo_config_from_another_folder_says_where_its_paths_are(repo_root, tmp_path):
+    result = run_medkor(["fit", "--config", str(repo_root / "configs" / "demo.yaml")], tmp_path, timeout=60)
+    assert result.returncode == 2
+    assert f"(relative to the working directory {tmp_path}); it exists under {repo_root}" in result.stderr
+
+
+def test_errors_found_by_the_full_parse_and_in_the_data_are_one_line_and_leave_no_run_folder(repo_root, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    good = json.dumps({"text": "당뇨병은 혈당이 높은 상태이다. " * 20}, ensure_ascii=False)
+    (data / "train.jsonl").write_text(f"{good}\n{{\"text\": \"끝나지 않은 줄\"\n", encoding="utf-8")
+    config = _demo_config(repo_root, tmp_path, data_dir=str(data))
+    for args, code, expected in [
+        (["--model.nosuch", "3"], 2, "unrecognized arguments: --model.nosuch 3"),
+        (["--model.learning_rate", "-1"], 2, "model.learning_rate must be > 0, got -1.0"),
+        ([], 1, f"{data / 'train.jsonl'}:2"),
+    ]:
+        result = run_medkor(["fit", "--config", str(config), *args], repo_root, timeout=300)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("medkor ") or "rror" in line[:40]]
+        assert result.returncode == code and "Traceback" not in result.stderr, result.stderr[-3000:]
+        assert len(errors) == 1 and errors[0].startswith("medkor fit: error: ") and expected in errors[0], errors
+    assert not list((tmp_path / "logs").rglob("version_*")), "a failed start leaves no run folder"
+    debug = run_medkor(["fit", "--config", str(config), "--debug"], repo_root, timeout=300)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr

@@ -15,7 +15,7 @@ USAGE = """usage: medkor prepare --config FILE [--data.KEY VALUE ...]
 
 Build (or find) the tokenized caches that `medkor fit` with the same arguments would
 use, without loading a model. Prints one JSON line per split; logs go to stderr.
-Every `--data.*` option of `medkor fit --help` is accepted, e.g. --data.overwrite_cache true.
+Every `--data.*` option of `medkor fit` is accepted, e.g. --data.overwrite_cache true.
 """
 
 
@@ -27,8 +27,16 @@ def _data_args(config: Any) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
+        if not argv:
+            print(USAGE, file=sys.stderr)
+            return 2
+        from medkor.commands.options_help import data_options_help
+
         print(USAGE)
-        return 0 if argv else 2
+        print("The tokenizer is the model's: --model.tokenizer_path (or --model.model_name_or_path).\n")
+        print("data options (a config's `data:` section, or on the command line):")
+        print(data_options_help())
+        return 0
     from medkor.lightning_cli import parse_run_config
     from medkor.data import MedKorDataModule
     from medkor.data.cache import CacheError
