@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from contextlib import nullcontext
-from typing import Any, Callable, ContextManager, Optional, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Optional, Sequence
 
 import torch
 
@@ -78,6 +78,7 @@ def generate_texts(
     max_new_tokens: int = 1024,
     stops: Sequence[str] = HARNESS_STOP,
     forward_context: Callable[[], ContextManager[Any]] = nullcontext,
+    progress: Callable[[list[list[int]]], Iterable[list[int]]] = iter,
 ) -> list[str]:
     """Greedy continuations of every prompt, cut at the stop strings, in input order.
 
@@ -96,7 +97,7 @@ def generate_texts(
         use_cache=True,  # the training config may disable the cache; decoding without it is quadratic
     )
     texts: list[str] = [""] * len(encoded)
-    for batch in length_sorted_batches([len(e.prompt_ids) for e in encoded], batch_size):
+    for batch in progress(length_sorted_batches([len(e.prompt_ids) for e in encoded], batch_size)):
         width = max(len(encoded[i].prompt_ids) for i in batch)
         input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(batch), width), dtype=torch.long)

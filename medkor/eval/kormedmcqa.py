@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, ContextManager, Iterator, Literal, Optional
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Literal, Optional
 
 import torch
 
@@ -23,6 +23,9 @@ from medkor.eval.questions import HUB_ID, SUBSETS, Question, QuestionError, load
 from medkor.eval.scoring import score_logprob
 
 Scoring = Literal["logprob", "generate"]
+
+
+PROGRESS_MIN_BATCHES = 8  # fewer batches take a moment: no bar
 
 
 @dataclass
@@ -146,9 +149,18 @@ class KorMedMCQAEvaluator:
         items = self.encoded(tokenizer)
         mine = shard(items, rank, world_size, lengths=[len(e.prompt_ids) for e in items])
         s = self.settings
+
+        def progress(batches: list[list[int]]) -> Iterable[list[int]]:
+            # a bar on rank zero for evaluations long enough to wait for; gone once done
+            from tqdm.auto import tqdm
+
+            return tqdm(batches, desc=f"KorMedMCQA {len(mine)} questions", unit="batch", leave=False,
+                        disable=rank != 0 or len(batches) < PROGRESS_MIN_BATCHES, dynamic_ncols=True)
+
         with eval_mode(model):
             if s.scoring == "logprob":
-                scores = score_logprob(model, mine, s.batch_size, forward_context)
+                scores = score_logprob(model, mine, s.batch_size, forward_context, progress=progress)
                 return logprob_records(mine, scores)
-            texts = generate_texts(model, tokenizer, mine, s.batch_size, s.max_new_tokens, forward_context=forward_context)
+            texts = generate_texts(model, tokenizer, mine, s.batch_size, s.max_new_tokens,
+                                   forward_context=forward_context, progress=progress)
             return generate_records(mine, texts)

@@ -11,7 +11,7 @@ whole ``(batch, length, vocab)`` block.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Any, Callable, ContextManager, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Sequence
 
 import torch
 
@@ -67,6 +67,7 @@ def score_logprob(
     batch_size: int = 16,
     forward_context: Callable[[], ContextManager[Any]] = nullcontext,
     per_row: bool | None = None,
+    progress: Callable[[list[list[int]]], Iterable[list[int]]] = iter,
 ) -> list[list[float]]:
     """Log-probabilities of the letters A-E for every question, in input order.
 
@@ -78,10 +79,11 @@ def score_logprob(
         forward_context: context entered around each forward (e.g. the trainer's autocast).
         per_row: keep one logit row per question (transformers 5) or a window of the last
             positions (older); default: detect.
+        progress: wraps the list of batches (e.g. in a progress bar).
     """
     device = model_device(model)
     scores: list[list[float]] = [[] for _ in encoded]
-    for batch in length_sorted_batches([len(e.prompt_ids) for e in encoded], batch_size):
+    for batch in progress(length_sorted_batches([len(e.prompt_ids) for e in encoded], batch_size)):
         width = max(len(encoded[i].prompt_ids) for i in batch)
         input_ids = torch.zeros((len(batch), width), dtype=torch.long)
         attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
