@@ -27,7 +27,8 @@ from medkor.data.rows import RowsFile
 from medkor.data.loader import ResumableDataLoader
 from medkor.data.sampler import EpochShuffleSampler
 from medkor.data.sources import DataError, OnBadRecord, Selection, require_train_files, split_files
-from medkor.data.val_sets import parse_val_sets
+from medkor.data.mixture import ConcatRows, MixtureSampler, ReplayMix
+from medkor.data.val_sets import parse_replay, parse_val_sets
 from medkor.eval.prompts import PromptStyle
 
 log = logging.getLogger("medkor.data")
@@ -89,6 +90,12 @@ class MedKorDataModule(pl.LightningDataModule):
         val_sets: Further validation sets by name, each `{path: FILE_OR_FOLDER, format:
             ..., <format options>, max_samples}` (default format `text`), logged as
             `val/<name>/loss`; the `validation*.jsonl` of `data_dir` stays `val/loss`.
+        replay: An earlier stage's training data mixed into the training order (the
+            forgetting guard): `{path: FILE_OR_FOLDER (its train*.jsonl), format: ...,
+            <format options>, ratio: 0.2, mode: fixed|metric}`. `fixed`: that share of
+            every epoch's positions are replay rows; `metric`: replay is off until a
+            `medkor.callbacks.ForgettingGuard` switches it by a watched validation loss.
+            Deterministic given `seed`, and exact on resume (switches are in checkpoints).
         max_samples: Keep at most this many documents per split (in file order).
         cache_dir: Where caches live; default `<data_dir>/.cache`.
         overwrite_cache: Rebuild even when a valid cache exists.
@@ -136,6 +143,7 @@ class MedKorDataModule(pl.LightningDataModule):
         packing: Optional[bool] = None,
         on_long_example: OnLongExample = "error",
         val_sets: Optional[dict[str, Any]] = None,
+        replay: Optional[dict[str, Any]] = None,
         max_samples: Optional[int] = None,
         cache_dir: Optional[str] = None,
         overwrite_cache: bool = False,
@@ -164,6 +172,10 @@ class MedKorDataModule(pl.LightningDataModule):
             messages_field=messages_field, prompt_style=prompt_style, cot=cot,
         )
         self.val_sets = parse_val_sets(val_sets, self.spec)
+        self.replay = parse_replay(replay, self.spec)
+        self.replay_mix = (
+            ReplayMix(self.replay.ratio, initially_on=self.replay.mode == "fixed") if self.replay is not None else None
+        )
         self.leak_check = LeakCheck(eval_source, eval_split, eval_subsets, leak_ngram, leak_threshold) if eval_source else None
         self.allow_eval_overlap = allow_eval_overlap
         if not 0.0 <= val_fraction < 1.0:
@@ -209,6 +221,11 @@ class MedKorDataModule(pl.LightningDataModule):
         test = split_files(self.data_dir, "test")
         if test:
             selections["test"] = Selection(files=test, **common)
+        if self.replay is not None:
+            selections["replay"] = Selection(
+                files=self.replay.files, spec=self.replay.spec, on_bad_record=self.on_bad_record,
+                max_samples=self.replay.max_samples, seed=self.seed,
+            )
         for val_set in self.val_sets:
             selections[val_set.split] = Selection(
                 files=val_set.files, spec=val_set.spec, on_bad_record=self.on_bad_record,
@@ -238,15 +255,25 @@ class MedKorDataModule(pl.LightningDataModule):
         """
         if self.leak_check is None:
             return None
-        train = require_train_files(self.data_dir)
+        sources = [(require_train_files(self.data_dir), self.spec)]
+        if self.replay is not None:
+            sources.append((self.replay.files, self.replay.spec))
         questions = self.leak_check.questions()
         if not self.allow_eval_overlap:
-            refuse_evaluated_files(train, questions, self.leak_check)
-        report, path = leak_report(train, self.spec, self.leak_check, Path(self.cache_dir), Path(self.data_dir), questions)
-        lines = describe_leaks(report, path)
-        (log.warning if report.hits else log.info)(lines[0])
-        for line in lines[1:]:
-            log.warning("  %s", line)
+            for files, _ in sources:
+                refuse_evaluated_files(files, questions, self.leak_check)
+        report = None
+        for files, spec in sources:
+            part, path = leak_report(files, spec, self.leak_check, Path(self.cache_dir), Path(self.data_dir), questions)
+            lines = describe_leaks(part, path)
+            (log.warning if part.hits else log.info)(lines[0])
+            for line in lines[1:]:
+                log.warning("  %s", line)
+            if report is None:
+                report = part
+            else:
+                report.records += part.records
+                report.hits += part.hits
         return report
 
     def _prepare(self) -> tuple[list[CacheResult], Optional[LeakReport]]:
@@ -281,7 +308,7 @@ class MedKorDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.datasets:
             raise RuntimeError(f"no {split!r} rows loaded; call setup() first")
-        rows = self.datasets[split]
+        rows: Any = self.datasets[split]
         common = dict(
             batch_size=self.batch_size,
             collate_fn=Collator(self.pad_token_id),
@@ -294,8 +321,25 @@ class MedKorDataModule(pl.LightningDataModule):
         if not shuffle:
             return DataLoader(rows, **common)
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-        sampler = EpochShuffleSampler(len(rows), self.seed, num_replicas=world, rank=rank)
+        if self.replay_mix is not None and "replay" in self.datasets:
+            replay = self.datasets["replay"]
+            sampler: EpochShuffleSampler = MixtureSampler(
+                len(rows), len(replay), self.seed, self.replay_mix, num_replicas=world, rank=rank
+            )
+            rows = ConcatRows([rows, replay])
+        else:
+            sampler = EpochShuffleSampler(len(rows), self.seed, num_replicas=world, rank=rank)
         return ResumableDataLoader(rows, sampler=sampler, **common)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The replay switches so far (a resumed run mixes exactly as the uninterrupted one)."""
+        return {"replay": self.replay_mix.state_dict()} if self.replay_mix is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.replay_mix is not None:
+            if "replay" not in state_dict:
+                raise ValueError("the checkpoint was trained without data.replay; resume without it or start a new run")
+            self.replay_mix.load_state_dict(state_dict["replay"])
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -73,3 +73,51 @@ def parse_val_sets(val_sets: Optional[Mapping[str, Any]], base: FormatSpec) -> l
             raise DataError(f"{where}.max_samples must be a positive integer, got {limit!r}")
         out.append(ValSet(name, set_files(Path(entry["path"]), where), spec, limit))
     return out
+
+
+REPLAY_MODES = ("fixed", "metric")
+
+
+@dataclass(frozen=True)
+class ReplaySource:
+    """An earlier stage's training data mixed into this stage's training order."""
+
+    files: list[Path]
+    spec: FormatSpec
+    ratio: float
+    mode: str  # fixed: on from the start; metric: off until ForgettingGuard turns it on
+    max_samples: Optional[int] = None
+
+
+def parse_replay(replay: Optional[Mapping[str, Any]], base: FormatSpec) -> Optional[ReplaySource]:
+    """Check `data.replay: {path, format, <format options>, ratio, mode, max_samples}`."""
+    if not replay:
+        return None
+    where = "data.replay"
+    if not isinstance(replay, Mapping) or "path" not in replay:
+        raise DataError(f"{where}: expected {{path: FILE_OR_FOLDER, format: ..., ratio: 0.2, mode: fixed}}, got {replay!r}")
+    unknown = sorted(set(replay) - {"path", "max_samples", "ratio", "mode", *SPEC_KEYS})
+    if unknown:
+        raise DataError(f"{where}: unknown key(s) {', '.join(unknown)}; use path, ratio, mode, max_samples, "
+                        f"{', '.join(SPEC_KEYS)}")
+    ratio, mode = replay.get("ratio", 0.2), replay.get("mode", "fixed")
+    if not isinstance(ratio, (int, float)) or not 0.0 < ratio < 1.0:
+        raise DataError(f"{where}.ratio must be in (0, 1) (the share of training positions that replay), got {ratio!r}")
+    if mode not in REPLAY_MODES:
+        raise DataError(f"{where}.mode must be fixed (always on) or metric (switched by ForgettingGuard), got {mode!r}")
+    options = {key: replay[key] for key in SPEC_KEYS if key in replay}
+    try:
+        spec = replace(FormatSpec(**{"format": "text", "text_field": base.text_field}), **options)
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{where}: {err}") from None
+    path = Path(replay["path"])
+    if path.is_dir():
+        files = split_files(path, "train")
+        if not files:
+            raise DataError(f"{where}: {path} holds no train.jsonl (or train-*.jsonl); point path at a JSONL file")
+    else:
+        files = set_files(path, where)
+    limit = replay.get("max_samples")
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise DataError(f"{where}.max_samples must be a positive integer, got {limit!r}")
+    return ReplaySource(files, spec, float(ratio), mode, limit)

@@ -1,0 +1,109 @@
+"""Replay mixing: deterministic by seed, the ratio it is given, exact from any position on resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medkor.data.mixture import ConcatRows, MixtureSampler, ReplayMix, hysteresis
+
+
+def _epoch(sampler, epoch, start=0):
+    sampler.set_epoch(epoch)
+    sampler.start = start
+    return list(iter(sampler))
+
+
+def test_fixed_ratio_mixes_deterministically():
+    runs = [_epoch(MixtureSampler(1000, 50, seed=3, mix=ReplayMix(0.2)), 0) for _ in range(2)]
+    assert runs[0] == runs[1]
+    replay = [i for i in runs[0] if i >= 1000]
+    assert len(runs[0]) == 1000 and 150 < len(replay) < 250  # binomial(1000, 0.2): 200 +- 13
+    train = [i for i in runs[0] if i < 1000]
+    assert len(set(train)) == len(train)  # training rows without repeats, replay rows cycled
+    assert set(replay) == set(range(1000, 1050))
+    other = _epoch(MixtureSampler(1000, 50, seed=3, mix=ReplayMix(0.2)), 1)
+    assert other != runs[0]
+
+
+def test_switches_apply_from_the_next_draw_and_resume_exactly():
+    mix = ReplayMix(0.5, initially_on=False)
+    sampler = MixtureSampler(400, 40, seed=0, mix=mix)
+    sampler.set_epoch(2)
+    iterator = iter(sampler)
+    first = [next(iterator) for _ in range(100)]
+    assert all(i < 400 for i in first)  # off: training rows only
+    assert mix.switch(True) and not mix.switch(True)  # on from draw 100
+    middle = [next(iterator) for _ in range(150)]
+    assert sum(i >= 400 for i in middle) > 40
+    mix.switch(False)
+    rest = list(iterator)
+    assert all(i < 400 for i in rest) and len(first + middle + rest) == 400
+    assert mix.switches == [(2, 100, True), (2, 250, False)]
+
+    # a resumed run: the switches from the checkpoint, then the loader's position
+    for start in (0, 100, 101, 180, 250, 399):
+        resumed = ReplayMix(0.5, initially_on=False)
+        resumed.load_state_dict(mix.state_dict())
+        again = MixtureSampler(400, 40, seed=0, mix=resumed)
+        assert _epoch(again, 2, start) == (first + middle + rest)[start:]
+
+
+def test_ranks_share_nothing_and_keep_equal_lengths():
+    mixes = [ReplayMix(0.3) for _ in range(2)]
+    parts = [_epoch(MixtureSampler(101, 10, seed=1, mix=mixes[r], num_replicas=2, rank=r), 0) for r in range(2)]
+    assert len(parts[0]) == len(parts[1]) == 51
+    train = [set(i for i in p if i < 101) for p in parts]
+    assert not (train[0] & train[1]) or len(train[0] | train[1]) == 101  # only the wrap-around pad repeats
+
+
+def test_state_of_another_replay_is_refused():
+    with pytest.raises(ValueError, match="replay ratio must be in"):
+        ReplayMix(1.0)
+    with pytest.raises(ValueError, match="resume with the same data.replay"):
+        ReplayMix(0.2).load_state_dict(ReplayMix(0.3).state_dict())
+
+
+@pytest.mark.parametrize(
+    "on, value, expected",
+    [(False, 3.5, True), (False, 2.5, False), (True, 2.5, True), (True, 1.9, False), (False, 1.0, False),
+     (True, float("nan"), True), (False, float("inf"), False)],
+)
+def test_hysteresis(on, value, expected):
+    assert hysteresis(on, value, start_above=3.0, stop_below=2.0) is expected
+
+
+def test_concat_rows_index_across_parts():
+    rows = ConcatRows([["a", "b"], ["c"]])
+    assert len(rows) == 3 and [rows[i] for i in range(3)] == ["a", "b", "c"]
+    with pytest.raises(IndexError):
+        rows[3]
+    assert np.array_equal(rows.bounds, [0, 2, 3])
+
+
+def test_datamodule_mixes_replay_rows_into_training_batches(tmp_path):
+    from pathlib import Path
+
+    from medkor.data import MedKorDataModule
+    from tests.data.conftest import korean_docs, write_jsonl
+
+    demo = Path(__file__).resolve().parents[2] / "medkor/assets/demo"
+    write_jsonl(tmp_path / "dict/train.jsonl", [{"term": f"용어{i}", "definition": "높은 혈압. " * 3} for i in range(80)])
+    write_jsonl(tmp_path / "old/train.jsonl", korean_docs(30))
+    dm = MedKorDataModule(data_dir=str(tmp_path / "dict"), tokenizer_path=str(demo / "tokenizer-extended"),
+                          format="dictionary", max_length=48, batch_size=4,
+                          replay={"path": str(tmp_path / "old"), "format": "text", "ratio": 0.25})
+    results = {r.split: r for r in dm.prepare_caches()}
+    assert results["replay"].manifest["inputs"]["params"]["format"] == "text"
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    train_rows = len(dm.datasets["train"])
+    order = list(iter(loader.sampler))
+    assert len(order) == train_rows and sum(i >= train_rows for i in order) > 0
+    replay_rows = {tuple(dm.datasets["replay"][i][0].tolist()) for i in range(len(dm.datasets["replay"]))}
+    batches = list(loader)
+    assert len(batches) == -(-train_rows // 4)
+    seen = [tuple(ids[mask == 1].tolist()) for b in batches for ids, mask in zip(b["input_ids"], b["attention_mask"])]
+    assert sum(row in replay_rows for row in seen) == sum(i >= train_rows for i in order)  # the sampler's picks, batched
+    state = dm.state_dict()
+    assert state == {"replay": dm.replay_mix.state_dict()} and state["replay"]["initially_on"] is True
