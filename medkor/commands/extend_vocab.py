@@ -83,6 +83,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                    "tokens_spent", "tokens_saved_on_corpus")}
     summary["throughput_chars_per_second"] = report["throughput"]["chars_per_second"]
     print(json.dumps(summary, ensure_ascii=False, indent=2))
+    if report["tokens_added"] < cfg.num_new_tokens:
+        print(f"note: added {report['tokens_added']} of the {cfg.num_new_tokens} tokens asked for: no pair or missing "
+              f"character is left that the corpus uses --min_frequency {cfg.min_frequency} times")
     for part in ("corpus", "heldout"):
         failures = (report[part] or {}).get("round_trip_failures", {})
         if failures.get("base"):

@@ -97,6 +97,10 @@ def test_command_writes_refuses_to_clobber_and_reports_bad_input(tmp_path, base_
             "--out", str(out), "--heldout_every", "0"]
     assert main(args) == 0
     assert json.loads((out / "extension_stats.json").read_text())["tokens_added"] == 10
+    assert main(args + ["--overwrite", "--num_new_tokens", "100000"]) == 0
+    added = json.loads((out / "extension_stats.json").read_text())["tokens_added"]
+    assert 100 < added < 100000
+    assert f"note: added {added} of the 100000 tokens asked for: no pair" in capsys.readouterr().out
     assert main(args) == 2
     assert "already holds a tokenizer; pass --overwrite" in capsys.readouterr().err
     assert main(args + ["--overwrite", "--text_field", "body"]) == 2
