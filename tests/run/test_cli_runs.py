@@ -214,7 +214,7 @@ def test_runs_started_together_get_their_own_version_folders(two_runs):
 
 
 @pytest.mark.slow
-def test_validate_claims_a_new_folder_and_leaves_the_fit_run_alone(repo_root, two_runs):
+def test_validate_claims_its_own_folder_and_leaves_the_fit_runs_alone(repo_root, two_runs):
     config, tmp, results, _ = two_runs
     assert all(code == 0 for code, _ in results.values())
     root = tmp / "logs" / "demo"
@@ -222,9 +222,9 @@ def test_validate_claims_a_new_folder_and_leaves_the_fit_run_alone(repo_root, tw
     (ckpt,) = (root / "version_0" / "checkpoints").glob("epoch*.ckpt")
     result, seconds, _ = _run(repo_root, ["validate", "--config", str(config), "--ckpt_path", str(ckpt)])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(p.name for p in root.iterdir()) == ["version_0", "version_1", "version_2"]
+    assert sorted(p.name for p in root.iterdir()) == ["validate", "version_0", "version_1"]
     assert {run: _snapshot(root / run) for run in fits} == fits  # metrics.csv, config.yaml, predictions: untouched
-    run = root / "version_2"
+    run = root / "validate" / "version_0"
     assert (run / "config.yaml").is_file()
     rows = _rows(run)
     assert any(r.get("val/loss") for r in rows) and any(r.get("kormedmcqa/acc") for r in rows)
