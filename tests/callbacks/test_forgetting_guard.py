@@ -16,7 +16,7 @@ from medkor.data import MedKorDataModule
 from medkor.data.mixture import hysteresis
 from tests.data.conftest import korean_docs, write_jsonl
 
-START, STOP = 7.5, 6.0  # this seeded run reads about 7.2, 7.8, 5.7, 5.6: on at the 2nd reading, off at the 3rd
+START, STOP = 7.0, 5.9  # this seeded run reads about 7.3, 6.4, 5.5, 5.3: on at the 1st reading, off at the 3rd
 DEMO = Path(__file__).resolve().parents[2] / "medkor/assets/demo"
 
 
@@ -37,21 +37,36 @@ def _rows(path):
         return list(csv.DictReader(handle))
 
 
-def test_guard_switches_as_the_logged_loss_says_and_checkpoints_the_switches(tmp_path):
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # a 1 M-parameter model: on a busy 2-core machine two threads per op cost 10x the time
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _fit(tmp_path, name, ckpt_path=None):
+    from medkor.callbacks.run_state import ResumeState
     from medkor.model import MedGemmaModule
 
     seed_everything(0)
     model = MedGemmaModule(model_name_or_path=str(DEMO / "tiny-gemma3"), tokenizer_path=str(DEMO / "tokenizer-extended"),
-                           torch_dtype="float32", learning_rate=1e-2, warmup_steps=0)
+                           torch_dtype="float32", trainable="full", learning_rate=1e-2, warmup_steps=0)
     dm = _datamodule(tmp_path)
-    # on at the first reading (any loss is above 0), off once the plain loss is below 7.4
     guard = ForgettingGuard(monitor="val/plain/loss", start_above=START, stop_below=STOP)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / name / "ckpt", every_n_train_steps=2, save_top_k=-1,
+                                  filename="step{step}", auto_insert_metric_name=False)
     trainer = Trainer(accelerator="cpu", devices=1, max_steps=16, val_check_interval=4, num_sanity_val_steps=0,
-                      logger=CSVLogger(tmp_path / "logs", name="guard"), enable_progress_bar=False,
-                      enable_model_summary=False, log_every_n_steps=1,
-                      callbacks=[guard, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)])
-    trainer.fit(model, datamodule=dm)
-    rows = _rows(Path(trainer.log_dir) / "metrics.csv")
+                      logger=CSVLogger(tmp_path / name, name="guard"), enable_progress_bar=False,
+                      enable_model_summary=False, log_every_n_steps=1, deterministic=True,
+                      callbacks=[guard, checkpoints, ResumeState()])
+    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+    return trainer, dm, _rows(Path(trainer.log_dir) / "metrics.csv")
+
+
+def test_guard_switches_as_the_logged_loss_says_and_a_resume_mixes_exactly(tmp_path):
+    trainer, dm, rows = _fit(tmp_path, "whole")
     losses = {int(r["step"]): float(r["val/plain/loss"]) for r in rows if r.get("val/plain/loss")}
     active = {int(r["step"]): r["replay/active"] == "1.0" for r in rows if r.get("replay/active")}
     assert sorted(active) == [4, 8, 12, 16] and len(losses) == 4  # Lightning logs validation a step index lower
@@ -65,9 +80,19 @@ def test_guard_switches_as_the_logged_loss_says_and_checkpoints_the_switches(tmp
     changed = [i for i, (a, b) in enumerate(zip([False] + states, states)) if a != b]
     assert changed, "no switch: the bounds no longer straddle this run's losses"
     # reading i follows 4 (i + 1) steps of 4 rows: the switch applies from the next row drawn
-    assert [(p, on) for _, p, on in switches] == [(16 * (i + 1), states[i]) for i in changed]
-    saved = torch.load(tmp_path / "ckpt/last.ckpt", weights_only=True)
+    per_epoch = len(trainer.train_dataloader.sampler)
+    drawn = [16 * (i + 1) for i in changed]
+    assert switches == [((n - 1) // per_epoch, n - (n - 1) // per_epoch * per_epoch, states[i])
+                        for n, i in zip(drawn, changed)]
+    saved = torch.load(tmp_path / "whole/ckpt/step16.ckpt", weights_only=True)
     assert saved["MedKorDataModule"]["replay"]["switches"] == [list(s) for s in switches]
+
+    # resumed from step 10 (replay on since step 8): the same batches, so the same losses and switches
+    _, resumed_dm, resumed = _fit(tmp_path, "resumed", ckpt_path=tmp_path / "whole/ckpt/step10.ckpt")
+    train = {int(r["step"]): r["train/loss"] for r in rows if r.get("train/loss")}
+    again = {int(r["step"]): r["train/loss"] for r in resumed if r.get("train/loss")}
+    assert again and all(train[step] == loss for step, loss in again.items()) and max(again) == max(train)
+    assert resumed_dm.replay_mix.switches == switches
 
 
 def test_guard_needs_metric_replay(tmp_path):

@@ -54,11 +54,16 @@ def test_validate_logs_every_set_by_name(stage_dir, tmp_path):
     from medkor.model import MedGemmaModule
 
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: a second thread only contends on a busy machine
     model = MedGemmaModule(model_name_or_path=str(DEMO / "tiny-gemma3"), tokenizer_path=str(DEMO / "tokenizer-extended"),
                            torch_dtype="float32")
     trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                       enable_model_summary=False, default_root_dir=tmp_path)
-    per_loader = trainer.validate(model, datamodule=_module(stage_dir), verbose=False)
+    try:
+        per_loader = trainer.validate(model, datamodule=_module(stage_dir), verbose=False)
+    finally:
+        torch.set_num_threads(threads)
     assert [set(m) for m in per_loader] == [{"val/loss"}, {"val/plain/loss"}, {"val/dict_all/loss"}]
     metrics = {k: v for m in per_loader for k, v in m.items()}
     assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
