@@ -21,8 +21,7 @@ from medkor.data.cache import CacheRequest, CacheResult, ensure_caches, open_cac
 from medkor.data.collate import Collator
 from medkor.data.encode import OnLongExample
 from medkor.data.formats import DEFAULT_TEMPLATE, FORMATS, FormatSpec, LossOn
-from medkor.data.leak import LeakCheck, LeakReport, leak_report, refuse_evaluated_files
-from medkor.data.leak import describe as describe_leaks
+from medkor.data.leak import LeakCheck, LeakReport, check_sources
 from medkor.data.rows import RowsFile
 from medkor.data.loader import ResumableDataLoader
 from medkor.data.sampler import EpochShuffleSampler
@@ -258,23 +257,8 @@ class MedKorDataModule(pl.LightningDataModule):
         sources = [(require_train_files(self.data_dir), self.spec)]
         if self.replay is not None:
             sources.append((self.replay.files, self.replay.spec))
-        questions = self.leak_check.questions()
-        if not self.allow_eval_overlap:
-            for files, _ in sources:
-                refuse_evaluated_files(files, questions, self.leak_check)
-        report = None
-        for files, spec in sources:
-            part, path = leak_report(files, spec, self.leak_check, Path(self.cache_dir), Path(self.data_dir), questions)
-            lines = describe_leaks(part, path)
-            (log.warning if part.hits else log.info)(lines[0])
-            for line in lines[1:]:
-                log.warning("  %s", line)
-            if report is None:
-                report = part
-            else:
-                report.records += part.records
-                report.hits += part.hits
-        return report
+        return check_sources(sources, self.leak_check, Path(self.cache_dir), Path(self.data_dir),
+                             self.allow_eval_overlap, log)
 
     def _prepare(self) -> tuple[list[CacheResult], Optional[LeakReport]]:
         report = self.check_leaks()

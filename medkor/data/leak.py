@@ -256,6 +256,27 @@ def describe(report: LeakReport, path: Path) -> list[str]:
     return [head + (f" (report: {path})" if report.hits else "")] + report.lines()
 
 
+def check_sources(sources: Sequence[tuple[Sequence[Path], FormatSpec]], check: LeakCheck, cache_dir: Path,
+                  data_dir: Path, allow_evaluated_files: bool, log: Any) -> LeakReport:
+    """Every trained source (files, format) against the scored questions: refuse the scored files
+    themselves (unless allowed), log each source's report, return them merged."""
+    questions = check.questions()
+    if not allow_evaluated_files:
+        for files, _ in sources:
+            refuse_evaluated_files(files, questions, check)
+    merged = LeakReport(questions=len(questions), n=check.ngram)
+    for files, spec in sources:
+        report, path = leak_report(files, spec, check, cache_dir, data_dir, questions)
+        lines = describe(report, path)
+        (log.warning if report.hits else log.info)(lines[0])
+        for line in lines[1:]:
+            log.warning("  %s", line)
+        merged.records += report.records
+        merged.hits += report.hits
+    merged.hits.sort(key=lambda hit: (not hit.exact, -hit.overlap, hit.where))
+    return merged
+
+
 def to_dict(report: LeakReport) -> dict[str, Any]:
     return {"records": report.records, "questions": report.questions, "exact": len(report.exact),
             "overlap": len(report.hits) - len(report.exact)}

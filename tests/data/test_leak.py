@@ -106,3 +106,15 @@ def test_index_skips_nothing_long_enough():
     hits = _hits(index, ["정상", "이것은 빈혈 이다"], ["f:1", "f:2"], 0.5)
     assert [(h.where, h.exact) for h in hits] == [("f:2", True)]
     assert np.isfinite(hits[0].overlap)
+
+
+def test_replay_data_is_checked_too(tmp_path, questions):
+    nurse, _ = _plant(tmp_path, questions)  # planted in data/train.jsonl, used here as the replay data
+    write_jsonl(tmp_path / "stage" / "train.jsonl", [{"term": "빈혈", "definition": "헤모글로빈이 부족한 상태."}])
+    dm = MedKorDataModule(data_dir=str(tmp_path / "stage"), tokenizer_path=TOKENIZER, format="dictionary",
+                          max_length=64, eval_source=str(EVAL),
+                          replay={"path": str(tmp_path / "data"), "ratio": 0.3})
+    report = dm.check_leaks()
+    assert report.records == 41 and [h.where.rsplit("/", 1)[1] for h in report.exact] == ["train.jsonl:8"]
+    with pytest.raises(DataError, match=rf"data/train\.jsonl:8: holds KorMedMCQA nurse question #{nurse.index}"):
+        dm.prepare_data()
