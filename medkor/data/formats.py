@@ -31,7 +31,9 @@ from typing import Any, Literal, Optional, Sequence, Union
 import numpy as np
 
 from medkor.eval.encoding import encode_questions
-from medkor.eval.prompts import ANSWER_CUE, PROMPT_STYLES, PromptStyle, build_prompt, question_text
+from medkor.eval.prompts import (
+    ANSWER_CUE, PROMPT_STYLES, PromptStyle, answer_spellings, build_prompt, harness_prompt, question_text,
+)
 from medkor.eval.questions import LETTERS, Question, QuestionError, parse_record
 
 FORMATS: tuple[str, ...] = ("text", "dictionary", "chat", "mcq")
@@ -39,6 +41,7 @@ FORMAT_VERSION = 1  # bump when a rendering below changes: it is part of every c
 DEFAULT_TEMPLATE = "용어: {term}\n설명: {definition}"
 LossOn = Literal["all", "completion"]
 Item = Union[str, tuple, Question]  # what a checked record becomes, per format
+_PROBE = Question("doctor", 0, " 질문 ", ("가", "나", "다", "라", "마"), "A")
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,10 @@ class FormatSpec:
             "mcq": ("prompt_style", "cot"),
         }[self.format]
         values = asdict(self)
-        return {"format": self.format, "format_version": FORMAT_VERSION, **{name: values[name] for name in used}}
+        key = {"format": self.format, "format_version": FORMAT_VERSION, **{name: values[name] for name in used}}
+        if self.format == "mcq":  # the evaluation's prompt text is the rows' text: follow any change to it
+            key["prompt_probe"] = harness_prompt(_PROBE) + "|" + "|".join(answer_spellings(self.prompt_style))
+        return key
 
 
 def _text(record: dict, field: str, what: str) -> tuple[Optional[str], Optional[str]]:

@@ -215,3 +215,12 @@ def test_format_options_are_in_the_cache_key(tmp_path):
     assert _rows(tmp_path, records, FormatSpec(format="dictionary", prompt_field="q"))[2].status == "hit"
     with pytest.raises(ValueError, match="exactly the fields"):
         FormatSpec(format="dictionary", template="{term}: {meaning}")
+
+
+def test_mcq_key_follows_the_evaluation_prompt(monkeypatch):
+    import medkor.eval.prompts as prompts
+
+    before = FormatSpec(format="mcq").key()
+    assert FormatSpec(format="mcq").key() == before
+    monkeypatch.setattr(prompts, "ANSWER_CUE", "답:")  # the evaluation's prompt text changes: the rows must too
+    assert FormatSpec(format="mcq").key() != before
