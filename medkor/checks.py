@@ -172,6 +172,9 @@ def check_model_source(key: str, value: Optional[str], config_files: list[str]) 
         raise ConfigError(f"{key} {value!r}: no such folder{_relative_note(value)}{hint or ''}")
     if hint:  # shaped like a hub id, but a folder of that name exists beside the config
         raise ConfigError(f"{key} {value!r}: no such folder{_relative_note(value)}{hint}")
+    if not path.is_absolute() and path.parent.is_dir():  # `runs/x` with a local `runs/`: a path, not a hub id
+        raise ConfigError(f"{key} {value!r}: no such folder{_relative_note(value)} ({path.parent} exists, "
+                          f"{path.name} not); create it first (e.g. medkor export ... --out {value}) or fix the path")
     if _in_hub_cache(value):
         return
     problem = hub_lookup_problem(value)
