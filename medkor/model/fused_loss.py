@@ -31,6 +31,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 # Rows of the head per block when a half-precision chunk is upcast for the float32 head
 # gradient: bounds the temporary to tokens x block instead of tokens x vocab.
@@ -198,6 +199,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
             return total / count
 
     @staticmethod
+    @once_differentiable  # the gradients are formed outside autograd: no double backward
     def backward(ctx, grad_output):
         chunk_size, softcap, dtype, count = ctx.config
         if ctx.grads is not None:
