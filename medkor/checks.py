@@ -66,7 +66,9 @@ def _at_least(config: Any, key: str, low: float, hint: str, allow_none: bool = T
         if allow_none:
             return
         raise ConfigError(f"{key} must be set ({hint})")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key} must be a number >= {low:g}, got {value!r} ({hint})")
+    if value < low:
         raise ConfigError(f"{key} must be >= {low:g}, got {value!r} ({hint})")
 
 
@@ -100,6 +102,9 @@ def check_run_config(config: Any) -> None:
 
 # owner/name as the hub spells repository ids
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# what writes the folder an option names, for the hint of a missing one
+_MADE_BY = {"model.tokenizer_path": "a tokenizer made by `medkor extend-vocab --out DIR` is a folder",
+            "model.model_name_or_path": "a model written by `medkor export --out DIR` is a folder"}
 # --ckpt_path values Lightning resolves itself
 _CKPT_WORDS = {"last", "best", "hpc", "registry"}
 
@@ -181,7 +186,7 @@ def check_model_source(key: str, value: Optional[str], config_files: list[str]) 
     if problem is not None:
         raise ConfigError(
             f"{key} {value!r}: no such folder{_relative_note(value)}, and {problem}; "
-            "check the path (a tokenizer made by `medkor extend-vocab --out DIR` is a folder) or the hub id"
+            f"check the path ({_MADE_BY.get(key, 'a local model is a folder')}) or the hub id"
         )
 
 
@@ -216,7 +221,7 @@ def check_run_paths(config: Any) -> None:
     ckpt = _get(config, "ckpt_path")
     if ckpt and str(ckpt) not in _CKPT_WORDS and not Path(str(ckpt)).expanduser().exists():
         raise ConfigError(f"--ckpt_path {str(ckpt)!r}: no such file{_relative_note(str(ckpt))}; give a .ckpt written "
-                          "by `medkor fit`, or `last` to resume the newest run of this config")
+                          "by `medkor fit` (fit also takes `last`: the newest last.ckpt under the logger's folder)")
 
 
 def quick_config(args: list[str]) -> Optional[dict[str, Any]]:

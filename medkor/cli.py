@@ -76,10 +76,16 @@ def _quick_check(command: str, args: list[str]) -> Optional[int]:
     """Check paths and values from the YAML files alone, before Lightning loads (seconds saved per mistake)."""
     from medkor.checks import ConfigError, check_run_config, check_run_paths, quick_config
 
-    config = quick_config(args[1:])
-    if config is None or os.environ.get(DEBUG_ENV):
+    if len(args) == 1:
+        print(f"medkor {command}: error: give a run config, e.g. medkor {command} --config configs/demo.yaml "
+              f"(`medkor {command} --help` lists every option)", file=sys.stderr)
+        return 2
+    if os.environ.get(DEBUG_ENV):
         return None
     try:
+        config = quick_config(args[1:])
+        if config is None:
+            return None
         check_run_config(config)
         check_run_paths(config)
     except ConfigError as err:

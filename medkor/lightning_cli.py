@@ -51,6 +51,8 @@ def _quiet_lightning() -> None:
         if not any(isinstance(f, _DropNoise) for f in logger.filters):
             logger.addFilter(_DropNoise())
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # validate/test write elsewhere than the checkpoint's run, on purpose
+    warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
 
 
 def parser_error_line(message: str) -> str:
@@ -158,10 +160,9 @@ class MedKorCLI(LightningCLI):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         present = {type(c) for c in trainer.callbacks}
         configs = [str(c) for c in (self._config_of_subcommand().get("config") or [])]
-        added = [cb() for cb in (ResumeState, SaveOnPreemption) if cb not in present]
+        trainer.callbacks[:0] = [cb() for cb in (ResumeState, SaveOnPreemption) if cb not in present]
         if RunReport not in present:
-            added.append(RunReport(configs))
-        trainer.callbacks[:0] = added
+            trainer.callbacks.append(RunReport(configs))  # last: its closing lines come after the progress bar's
         return trainer
 
     def _config_of_subcommand(self) -> Any:

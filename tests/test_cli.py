@@ -82,8 +82,9 @@ def test_demo_fits_then_validates_its_checkpoint(repo_root, tmp_path):
     epochs = [line for line in said if line.startswith("[medkor] KorMedMCQA (epoch")]
     assert len(epochs) == 2 and all("since baseline" in line and "val/loss" in line for line in epochs), epochs
     end = "\n".join(said[said.index(next(line for line in said if line.startswith("[medkor] done:"))):])
+    assert "best ckpt (val/loss " in end, end
     for expected in [f"run folder   {run_dir}", f"last ckpt    {run_dir / 'checkpoints' / 'last.ckpt'}",
-                     str(checkpoints[-1]), str(run_dir / "kormedmcqa" / "summary.json"),
+                     str(run_dir / "checkpoints" / "epoch0"), str(run_dir / "kormedmcqa" / "summary.json"),
                      f"medkor plot {run_dir}", "medkor validate --config", "medkor export --config"]:
         assert expected in end, (expected, end)
 
@@ -164,11 +165,14 @@ def _demo_config(repo_root: Path, tmp_path: Path, **data: object) -> Path:
     (["--trainer.max_epochs", "-3"], "trainer.max_epochs must be >= -1, got -3"),
     (["--trainer.accumulate_grad_batches", "0"], "trainer.accumulate_grad_batches must be >= 1, got 0"),
     (["--ckpt_path", "nope.ckpt"], "--ckpt_path 'nope.ckpt': no such file"),
-    (["--trainer.max_epochs", "x"], "trainer.max_epochs must be >= -1, got 'x'"),
+    (["--trainer.max_epochs", "x"], "trainer.max_epochs must be a number >= -1, got 'x'"),
+    (None, "give a run config, e.g. medkor fit --config configs/demo.yaml"),
+    (["--config", "nosuch.yaml"], "--config 'nosuch.yaml': no such file (relative to the working directory {cwd})"),
 ])
 def test_fit_errors_are_one_line_before_anything_loads(override, expected, repo_root, tmp_path):
     config = _demo_config(repo_root, tmp_path)
-    result = run_medkor(["fit", "--config", str(config), *override], repo_root, timeout=60)
+    args = ["fit"] if override is None else ["fit", "--config", str(config), *override]
+    result = run_medkor(args, repo_root, timeout=60)
     lines = (result.stdout + result.stderr).strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, lines
     assert lines[0].startswith("medkor fit: error: ") and expected.format(cwd=repo_root) in lines[0], lines[0]

@@ -23,6 +23,7 @@ class RunReport(Callback):
     def __init__(self, config_files: Sequence[str] = ()) -> None:
         self.config_files = [str(c) for c in config_files]
         self._started: Optional[float] = None
+        self._end: Optional[str] = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._started = time.perf_counter()
@@ -33,13 +34,20 @@ class RunReport(Callback):
         run_dir = Path(trainer.log_dir) if trainer.log_dir else None
         last, best, label = _checkpoints(trainer)
         seconds = time.perf_counter() - (self._started or time.perf_counter())
-        trained = f"{trainer.current_epoch} epochs, {trainer.global_step} optimizer steps in {seconds:.0f} s"
+        epochs = trainer.current_epoch
+        trained = f"{epochs} epoch{'s' if epochs != 1 else ''}, {trainer.global_step} optimizer steps in {seconds:.0f} s"
         val_loss = trainer.callback_metrics.get("val/loss")
         if val_loss is not None:
             trained += f"; val/loss {float(val_loss):.4f}"
         trained += _accuracy_change(trainer)
         summary = run_dir / "kormedmcqa" / "summary.json" if run_dir is not None else None
-        say(trainer, "\n".join(fit_end_lines(run_dir, last, best, label, summary, self.config_files, trained)))
+        self._end = "\n".join(fit_end_lines(run_dir, last, best, label, summary, self.config_files, trained))
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # after the progress bar has drawn its last frame (this callback runs after it), so these lines end the output
+        if self._end:
+            say(trainer, self._end)
+            self._end = None
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn == "validate" and not trainer.sanity_checking:

@@ -85,7 +85,7 @@ def _rm(cache_dir: Path, names: list[str], older_than: float | None, everything:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    if args.action != "ls" and not args.cache_dir.is_dir():
+    if not args.cache_dir.is_dir():
         print(f"medkor cache {args.action}: error: {args.cache_dir} is not a directory", file=sys.stderr)
         return 2
     if args.action == "ls":

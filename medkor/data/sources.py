@@ -76,7 +76,7 @@ class ReadStats:
         for number, problem in problems:
             where = f"{path}:{number}: {problem}"
             if on_bad_record == "error":
-                raise DataError(where + " (or set on_bad_record: skip)")
+                raise DataError(where + " (or skip such lines: --data.on_bad_record skip)")
             self.skipped += 1
             if len(self.skipped_examples) < 20:
                 self.skipped_examples.append(where)
@@ -144,7 +144,8 @@ def read_json_line(raw: bytes) -> tuple[Any, Optional[str], bool]:
         # without its line break: the parser would place an error at the line's end on a "line 2, column 1"
         return json.loads(line.rstrip("\r\n")), None, False
     except json.JSONDecodeError as err:
-        return None, f"malformed JSON ({err.msg} at column {err.colno}); fix or remove the line", False
+        where = "" if err.msg.endswith(" at") else " at"  # "Unterminated string starting at" names its own place
+        return None, f"malformed JSON ({err.msg}{where} column {err.colno}); fix or remove the line", False
 
 
 def parse_record_line(raw: bytes, spec: FormatSpec, where: str = "") -> tuple[Optional[Item], Optional[str]]:

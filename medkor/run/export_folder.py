@@ -49,10 +49,11 @@ def check_export_target(out: Path, overwrite: bool) -> None:
     present = sorted(p.name for p in out.iterdir())
     if present:
         shown = ", ".join(present[:5]) + (f" and {len(present) - 5} more" if len(present) > 5 else "")
-        raise ExportFolderError(
-            f"--out {out}: folder is not empty ({shown}); pass --overwrite to replace an earlier export "
-            "(files it did not write are kept), or choose a new folder"
-        )
+        if previous_export_files(out):
+            what = "pass --overwrite to replace the earlier export in it (files it did not write are kept)"
+        else:
+            what = "it holds no earlier export: choose a new folder, or pass --overwrite to write beside these files"
+        raise ExportFolderError(f"--out {out}: folder is not empty ({shown}); {what}")
 
 
 def staging_folder(out: Path) -> Path:

@@ -31,7 +31,7 @@ def test_non_empty_folder_is_refused_without_overwrite(tmp_path):
     out = tmp_path / "export"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(ExportFolderError, match=r"not empty \(notes.txt\); pass --overwrite"):
+    with pytest.raises(ExportFolderError, match=r"not empty \(notes.txt\); it holds no earlier export"):
         check_export_target(out, overwrite=False)
     check_export_target(out, overwrite=True)
 
@@ -81,4 +81,4 @@ def test_export_command_refuses_a_non_empty_folder_before_loading_anything(repo_
             f"'--out', {str(out)!r}])\nexcept SystemExit as e:\n    print('EXIT', e.code, 'torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, timeout=120)
     assert "EXIT 2 False" in result.stdout, result.stdout + result.stderr
-    assert "folder is not empty (notes.txt); pass --overwrite" in result.stderr
+    assert "folder is not empty (notes.txt); it holds no earlier export" in result.stderr
