@@ -75,7 +75,7 @@ def test_bad_line_in_a_late_chunk_names_file_and_line(tmp_path, tokenizer):
     lines = [f'{{"text": "{d["text"]}"}}' for d in korean_docs(60)]
     lines[47] = '{"text": 7}'
     path = write_jsonl(tmp_path / "train.jsonl", lines, raw=True)
-    with pytest.raises(DataError, match=rf"{path}:48: field 'text' is int.*on_bad_record: skip"):
+    with pytest.raises(DataError, match=rf"{path}:48: field 'text' is int.*--data.on_bad_record skip"):
         _encode(Selection(files=[path]), tokenizer, 2)
     stats = ReadStats()
     one = _encode(Selection(files=[path], on_bad_record="skip"), tokenizer, 2, stats)

@@ -36,7 +36,7 @@ def test_bad_line_names_file_and_line(tmp_path, line, expected):
     assert [number for number, _ in problems] == [3]
     with pytest.raises(DataError) as err:
         ReadStats().record(path, problems, "error")
-    assert f"{path}:3:" in str(err.value) and expected in str(err.value) and "on_bad_record: skip" in str(err.value)
+    assert f"{path}:3:" in str(err.value) and expected in str(err.value) and "--data.on_bad_record skip" in str(err.value)
 
 
 def test_non_utf8_bytes(tmp_path):
