@@ -36,7 +36,8 @@ from medkor.run.loggers import assign_versions, continue_history, stage_subfolde
 # Lightning's start-up lines that tell a medkor user nothing (the accelerator is in the config)
 _NOISE = ("GPU available:", "TPU available:", "HPU available:", "💡 Tip:", "Loading `train_dataloader` to estimate",
           "`weights_only` was not set")  # (medkor loads every checkpoint with weights_only=True regardless)
-USAGE = "medkor {0} --config FILE [--config FILE ...] [--model.KEY VALUE] [--data.KEY VALUE] [--trainer.KEY VALUE] [--ckpt_path PATH]"
+USAGE = ("medkor {0} --config FILE [--config FILE ...] [--model.KEY VALUE] [--data.KEY VALUE] "
+         "[--trainer.KEY VALUE] [--ckpt_path PATH]")
 
 
 class _DropNoise(logging.Filter):
@@ -68,6 +69,7 @@ def parser_error_line(message: str) -> str:
         return f"--{key.group(1)}: {' '.join(message[key.end():].split()).lstrip(': ')}"
     lines = [line.strip(" -") for line in message.splitlines() if line.strip()]
     return "; ".join(lines[:3])
+
 
 def tokenizer_path_for(model_name_or_path: str, tokenizer_path: Optional[str]) -> str:
     """The tokenizer the model trains with: its own unless an extended one is named."""
@@ -134,7 +136,7 @@ class MedKorCLI(LightningCLI):
         pass  # seeded in before_instantiate_classes, after the checks: no "Seed set" line before an error
 
     def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
+        config = self._config_of_subcommand()
         check_run_config(config)
         check_run_paths(config)
         threads = config.get("cpu_threads")
