@@ -68,6 +68,10 @@ def staging_folder(out: Path) -> Path:
 def publish_export(staging: Path, out: Path, overwrite: bool) -> list[str]:
     """Move the export in `staging` to `out`; return the names of the files it holds."""
     files = sorted(p.name for p in staging.iterdir() if p.is_file())
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in files:  # weights written through a temporary file come out 0600; give them the folder's usual mode
+        os.chmod(staging / name, 0o666 & ~umask)
     (staging / MARKER).write_text(json.dumps({"files": files}, indent=1) + "\n", encoding="utf-8")
     if not out.exists():
         os.replace(staging, out)

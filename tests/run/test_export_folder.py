@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -16,6 +17,7 @@ def _stage(out, files: dict[str, str]):
     staging = staging_folder(out)
     for name, text in files.items():
         (staging / name).write_text(text)
+        os.chmod(staging / name, 0o600)  # as a save through a temporary file leaves it
     return staging
 
 
@@ -24,6 +26,9 @@ def test_new_folder_gets_the_export_and_its_marker(tmp_path):
     publish_export(_stage(out, {"config.json": "{}", "model.safetensors": "w1"}), out, overwrite=False)
     assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, "config.json", "model.safetensors"])
     assert json.loads((out / MARKER).read_text())["files"] == ["config.json", "model.safetensors"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {(p.stat().st_mode & 0o777) for p in out.iterdir() if p.name != MARKER} == {0o666 & ~umask}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no staging folder left"
 
 
