@@ -26,7 +26,7 @@ from medkor.eval.predictions import (
 )
 from medkor.eval.prompts import PromptStyle
 from medkor.eval.questions import HUB_ID
-from medkor.run.report import evaluation_line, say
+from medkor.run.report import evaluation_line, say, validation_losses
 
 
 class KorMedMCQAEval(Callback):
@@ -218,9 +218,8 @@ class KorMedMCQAEval(Callback):
                 write_summary(run_dir / "summary.json", settings, baseline, mine)
             else:
                 write_summary(run_dir / "summary.json", settings, self.baseline, self.evaluations)
-            val_loss = trainer.callback_metrics.get("val/loss")
-            say(trainer, evaluation_line(entry, None if stage == "baseline" else self.baseline,
-                                         float(val_loss) if val_loss is not None and stage == "fit" else None))
+            losses = validation_losses(trainer.callback_metrics) if stage == "fit" else None
+            say(trainer, evaluation_line(entry, None if stage == "baseline" else self.baseline, losses))
 
         metrics = self._entry_metrics(entry)
         if stage in ("validate", "test"):

@@ -9,7 +9,7 @@ from typing import Any, Optional, Sequence
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from medkor.run.report import fit_end_lines, say, shown_path
+from medkor.run.report import fit_end_lines, losses_text, say, shown_path, validation_losses
 
 
 class RunReport(Callback):
@@ -36,9 +36,9 @@ class RunReport(Callback):
         seconds = time.perf_counter() - (self._started or time.perf_counter())
         epochs = trainer.current_epoch
         trained = f"{epochs} epoch{'s' if epochs != 1 else ''}, {trainer.global_step} optimizer steps in {seconds:.0f} s"
-        val_loss = trainer.callback_metrics.get("val/loss")
-        if val_loss is not None:
-            trained += f"; val/loss {float(val_loss):.4f}"
+        losses = validation_losses(trainer.callback_metrics)
+        if losses:
+            trained += f"; {losses_text(losses)}"
         trained += _accuracy_change(trainer)
         summary = run_dir / "kormedmcqa" / "summary.json" if run_dir is not None else None
         self._end = "\n".join(fit_end_lines(run_dir, last, best, label, summary, self.config_files, trained))

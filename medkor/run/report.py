@@ -36,9 +36,20 @@ def _acc(value: Optional[float]) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def validation_losses(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """`val/loss` and every named set's `val/<name>/loss` from a trainer's current metrics, `val/loss` first."""
+    keys = sorted((k for k in metrics if k.startswith("val/") and k.endswith("/loss")), key=lambda k: (k != "val/loss", k))
+    return {k: float(metrics[k]) for k in keys}
+
+
+def losses_text(losses: Mapping[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in losses.items())
+
+
 def evaluation_line(entry: Mapping[str, Any], baseline: Optional[Mapping[str, Any]],
-                    val_loss: Optional[float] = None) -> str:
-    """One line per KorMedMCQA evaluation: overall and per subset with n, the change since the baseline."""
+                    val_losses: Optional[Mapping[str, float]] = None) -> str:
+    """One line per KorMedMCQA evaluation: overall and per subset with n, the change since the baseline,
+    and the validation losses of the same moment."""
     stage = entry["stage"]
     where = f"step {entry['step']}" if stage == "baseline" else f"epoch {entry['epoch']}, step {entry['step']}"
     title = {"baseline": "baseline", "fit": "", "validate": "validate", "test": "test"}.get(stage, stage)
@@ -59,7 +70,7 @@ def evaluation_line(entry: Mapping[str, Any], baseline: Optional[Mapping[str, An
         if base is not None and base.get("acc") is not None and value["acc"] is not None:
             text += f" ({_signed(value['acc'] - base['acc'])})"
         parts.append(text)
-    tail = f" | val/loss {val_loss:.4f}" if val_loss is not None else ""
+    tail = f" | {losses_text(val_losses)}" if val_losses else ""
     return f"{head}: {overall} | {', '.join(parts)}{tail} | {entry['seconds']:.1f} s"
 
 
