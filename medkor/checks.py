@@ -224,6 +224,16 @@ def check_run_paths(config: Any) -> None:
                           "by `medkor fit` (fit also takes `last`: the newest last.ckpt under the logger's folder)")
 
 
+def check_quickly(args: list[str], paths: bool = True) -> None:
+    """`check_run_config` (and `check_run_paths`) on `quick_config(args)`; nothing when it cannot be read quickly."""
+    config = quick_config(args)
+    if config is None:
+        return
+    check_run_config(config)
+    if paths:
+        check_run_paths(config)
+
+
 def quick_config(args: list[str]) -> Optional[dict[str, Any]]:
     """The run config of `medkor fit ARGS` from its YAML files and plain `--a.b value` overrides, without jsonargparse.
 

@@ -68,13 +68,14 @@ def _exit_code(err: BaseException) -> int:
     return 2 if isinstance(err, ConfigError) else 1
 
 
-def _one_line(text: str) -> str:
+def one_line(text: object) -> str:
+    """A message on one line, as every `medkor COMMAND: error:` prints it."""
     return " ".join(str(text).split())
 
 
 def _quick_check(command: str, args: list[str]) -> Optional[int]:
     """Check paths and values from the YAML files alone, before Lightning loads (seconds saved per mistake)."""
-    from medkor.checks import ConfigError, check_run_config, check_run_paths, quick_config
+    from medkor.checks import ConfigError, check_quickly
 
     if len(args) == 1:
         print(f"medkor {command}: error: give a run config, e.g. medkor {command} --config configs/demo.yaml "
@@ -83,13 +84,9 @@ def _quick_check(command: str, args: list[str]) -> Optional[int]:
     if os.environ.get(DEBUG_ENV):
         return None
     try:
-        config = quick_config(args[1:])
-        if config is None:
-            return None
-        check_run_config(config)
-        check_run_paths(config)
+        check_quickly(args[1:])
     except ConfigError as err:
-        print(f"medkor {command}: error: {_one_line(err)}", file=sys.stderr)
+        print(f"medkor {command}: error: {one_line(err)}", file=sys.stderr)
         return 2
     return None
 
@@ -113,11 +110,11 @@ def _run_training(command: str, args: list[str], from_argv: bool) -> int:
             print(f"medkor {command}: {err}", file=sys.stderr)
             return err.exit_code
         if isinstance(err, NonFiniteLossError):
-            print(f"medkor {command}: stopped: {_one_line(err)}", file=sys.stderr)
+            print(f"medkor {command}: stopped: {one_line(err)}", file=sys.stderr)
             return 1
         if os.environ.get(DEBUG_ENV) or not isinstance(err, user_errors()):
             raise
-        print(f"medkor {command}: error: {_one_line(err)}", file=sys.stderr)
+        print(f"medkor {command}: error: {one_line(err)}", file=sys.stderr)
         return _exit_code(err)
     return 0
 

@@ -48,15 +48,8 @@ def _metrics_rows(run_dir: Path) -> list[dict[str, str]]:
 
 @pytest.mark.slow
 def test_demo_fits_then_validates_its_checkpoint(repo_root, tmp_path):
-    config = yaml.safe_load((repo_root / "configs" / "demo.yaml").read_text(encoding="utf-8"))
-    for logger in config["trainer"]["logger"]:
-        logger["init_args"]["save_dir"] = str(tmp_path / "logs")
-    config["data"]["cache_dir"] = str(tmp_path / "cache")
-    config["trainer"]["max_epochs"] = 2
-    config["trainer"]["limit_train_batches"] = 3
-    config["trainer"]["limit_val_batches"] = 2
-    config_file = tmp_path / "demo.yaml"
-    config_file.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    config_file = _demo_config(repo_root, tmp_path, trainer={"max_epochs": 2, "limit_train_batches": 3,
+                                                            "limit_val_batches": 2})
 
     fit = run_medkor(["fit", "--config", str(config_file)], repo_root)
     assert fit.returncode == 0, fit.stderr[-4000:]
@@ -147,10 +140,12 @@ def test_fit_help_puts_medkor_options_before_the_trainer_options(repo_root):
 
 # ---------------------------------------------------------------- errors in one line
 
-def _demo_config(repo_root: Path, tmp_path: Path, **data: object) -> Path:
+def _demo_config(repo_root: Path, tmp_path: Path, trainer: dict | None = None, **data: object) -> Path:
+    """The demo config writing its logs and caches under `tmp_path`, with `trainer` and `data` values changed."""
     config = yaml.safe_load((repo_root / "configs" / "demo.yaml").read_text(encoding="utf-8"))
     for logger in config["trainer"]["logger"]:
         logger["init_args"]["save_dir"] = str(tmp_path / "logs")
+    config["trainer"].update(trainer or {})
     config["data"].update(cache_dir=str(tmp_path / "cache"), **data)
     path = tmp_path / "demo.yaml"
     path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")

@@ -80,6 +80,7 @@ def main(argv: list[str]) -> int:
     import torch
 
     from medkor.checks import ConfigError
+    from medkor.cli import one_line
     from medkor.lightning_cli import parse_run_config
     from medkor.model import MedGemmaModule
     from medkor.model.export import export_folder
@@ -101,7 +102,7 @@ def main(argv: list[str]) -> int:
         files = publish_export(staging, out, args.overwrite)
         staging = None
     except (ConfigError, OSError, ValueError, RuntimeError) as err:
-        print(f"medkor export: error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"medkor export: error: {one_line(err)}", file=sys.stderr)
         return 1
     finally:
         discard_staging(staging)  # an interrupted or failed export leaves no half-written folder

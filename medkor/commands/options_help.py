@@ -24,8 +24,6 @@ def _args_section(doc: str) -> dict[str, str]:
             helps[name] = match.group(2)
         elif name and line.strip():
             helps[name] += " " + line.strip()
-        elif not line.strip() and name:
-            continue
     return helps
 
 

@@ -37,14 +37,13 @@ def main(argv: list[str]) -> int:
         print("data options (a config's `data:` section, or on the command line):")
         print(data_options_help())
         return 0
-    from medkor.checks import ConfigError, check_run_config, quick_config
+    from medkor.checks import ConfigError, check_quickly, check_run_config
+    from medkor.cli import one_line
 
     try:  # the config files and plain values, before Lightning is imported
-        quick = quick_config(argv)
-        if quick is not None:
-            check_run_config(quick)
+        check_quickly(argv, paths=False)
     except ConfigError as err:
-        print(f"medkor prepare: error: {err}", file=sys.stderr)
+        print(f"medkor prepare: error: {one_line(err)}", file=sys.stderr)
         return 2
     from medkor.data import MedKorDataModule
     from medkor.data.cache import CacheError
@@ -58,10 +57,10 @@ def main(argv: list[str]) -> int:
         for result in module.prepare_caches():
             print(json.dumps(result.summary(), ensure_ascii=False), flush=True)
     except ConfigError as err:
-        print(f"medkor prepare: error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"medkor prepare: error: {one_line(err)}", file=sys.stderr)
         return 2
     except (DataError, CacheError, ValueError, OSError, RuntimeError) as err:
-        print(f"medkor prepare: error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"medkor prepare: error: {one_line(err)}", file=sys.stderr)
         return 1
     return 0
 

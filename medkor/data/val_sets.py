@@ -63,16 +63,22 @@ def parse_val_sets(val_sets: Optional[Mapping[str, Any]], base: FormatSpec) -> l
         unknown = sorted(set(entry) - {"path", "max_samples", *SPEC_KEYS})
         if unknown:
             raise DataError(f"{where}: unknown key(s) {', '.join(unknown)}; use path, max_samples, {', '.join(SPEC_KEYS)}")
-        options = {key: entry[key] for key in SPEC_KEYS if key in entry}
-        try:
-            spec = replace(FormatSpec(**{"format": "text", "text_field": base.text_field}), **options)
-        except (TypeError, ValueError) as err:
-            raise DataError(f"{where}: {err}") from None
-        limit = entry.get("max_samples")
-        if limit is not None and (not isinstance(limit, int) or limit < 1):
-            raise DataError(f"{where}.max_samples must be a positive integer, got {limit!r}")
+        spec, limit = _spec_and_limit(entry, base, where)
         out.append(ValSet(name, set_files(Path(entry["path"]), where), spec, limit))
     return out
+
+
+def _spec_and_limit(entry: Mapping[str, Any], base: FormatSpec, where: str) -> tuple[FormatSpec, Optional[int]]:
+    """The format of a further source (`text` in the stage's text field unless it says otherwise) and its max_samples."""
+    options = {key: entry[key] for key in SPEC_KEYS if key in entry}
+    try:
+        spec = replace(FormatSpec(**{"format": "text", "text_field": base.text_field}), **options)
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{where}: {err}") from None
+    limit = entry.get("max_samples")
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise DataError(f"{where}.max_samples must be a positive integer, got {limit!r}")
+    return spec, limit
 
 
 REPLAY_MODES = ("fixed", "metric")
@@ -105,11 +111,7 @@ def parse_replay(replay: Optional[Mapping[str, Any]], base: FormatSpec) -> Optio
         raise DataError(f"{where}.ratio must be in (0, 1) (the share of training positions that replay), got {ratio!r}")
     if mode not in REPLAY_MODES:
         raise DataError(f"{where}.mode must be fixed (always on) or metric (switched by ForgettingGuard), got {mode!r}")
-    options = {key: replay[key] for key in SPEC_KEYS if key in replay}
-    try:
-        spec = replace(FormatSpec(**{"format": "text", "text_field": base.text_field}), **options)
-    except (TypeError, ValueError) as err:
-        raise DataError(f"{where}: {err}") from None
+    spec, limit = _spec_and_limit(replay, base, where)
     path = Path(replay["path"])
     if path.is_dir():
         files = split_files(path, "train")
@@ -117,7 +119,4 @@ def parse_replay(replay: Optional[Mapping[str, Any]], base: FormatSpec) -> Optio
             raise DataError(f"{where}: {path} holds no train.jsonl (or train-*.jsonl); point path at a JSONL file")
     else:
         files = set_files(path, where)
-    limit = replay.get("max_samples")
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        raise DataError(f"{where}.max_samples must be a positive integer, got {limit!r}")
     return ReplaySource(files, spec, float(ratio), mode, limit)

@@ -42,6 +42,7 @@ from medkor.data.collate import Collator
 from medkor.data.rows import RowsFile
 from medkor.data.sampler import EpochShuffleSampler
 from tests.run.ddp_worker import digest
+from tests.run.resume_config import resume_config, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -54,29 +55,12 @@ CHECKPOINTS = {"last.ckpt", "step2.ckpt", "step4.ckpt", "step6.ckpt"}
 
 
 def _config(repo_root: Path, tmp: Path, kill_step: int | None, record: Path, packing: bool = True) -> Path:
-    config = yaml.safe_load((repo_root / "configs" / "demo.yaml").read_text(encoding="utf-8"))
-    trainer = config["trainer"]
-    for logger in trainer["logger"]:
-        logger["init_args"]["save_dir"] = str(tmp / "logs")
-    trainer.update(max_epochs=EPOCHS, limit_train_batches=STEPS_PER_EPOCH, limit_val_batches=2, log_every_n_steps=1,
-                   deterministic=True, enable_progress_bar=False)
-    trainer["callbacks"] = [
-        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-         "init_args": {"every_n_train_steps": 2, "save_top_k": -1, "save_last": True, "filename": "step{step}",
-                       "auto_insert_metric_name": False}},
-        {"class_path": "medkor.callbacks.KorMedMCQAEval",
-         "init_args": {"source": "medkor/assets/demo/kormedmcqa", "max_samples": 3, "batch_size": 12}},
-        {"class_path": "tests.run.ddp_worker.RecordRows", "init_args": {"out": str(record)}},
-    ]
+    extra = [{"class_path": "tests.run.ddp_worker.RecordRows", "init_args": {"out": str(record)}}]
     if kill_step is not None:
-        trainer["callbacks"].append({"class_path": "tests.run.ddp_worker.KillGroupAt", "init_args": {"step": kill_step}})
-    # LoRA dropout: the random state must be resumed on every rank too
-    config["model"].update(trainable="embeddings+lora", lora={"r": 4, "alpha": 8, "dropout": 0.2,
-                                                               "target_modules": ["q_proj", "v_proj"]})
+        extra.append({"class_path": "tests.run.ddp_worker.KillGroupAt", "init_args": {"step": kill_step}})
+    config = resume_config(repo_root, tmp / "logs", EPOCHS, STEPS_PER_EPOCH, extra)
     config["data"].update(cache_dir=str(tmp / "cache"), num_workers=0, batch_size=BATCH_SIZE, packing=packing)
-    path = tmp / f"config-{record.name}.yaml"
-    path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
-    return path
+    return write_config(config, tmp / f"config-{record.name}.yaml")
 
 
 def _free_ports(n: int) -> list[int]:

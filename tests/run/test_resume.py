@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+
+from tests.run.resume_config import resume_config, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -26,27 +27,10 @@ STEPS_PER_EPOCH = 6
 
 
 def _config(repo_root: Path, tmp_path: Path, name: str, num_workers: int, kill: dict | None) -> Path:
-    config = yaml.safe_load((repo_root / "configs" / "demo.yaml").read_text(encoding="utf-8"))
-    trainer = config["trainer"]
-    for logger in trainer["logger"]:
-        logger["init_args"]["save_dir"] = str(tmp_path / name)
-    trainer.update(max_epochs=2, limit_train_batches=STEPS_PER_EPOCH, limit_val_batches=2, log_every_n_steps=1,
-                   deterministic=True, enable_progress_bar=False)
-    trainer["callbacks"] = [
-        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-         "init_args": {"every_n_train_steps": 2, "save_top_k": -1, "save_last": True, "filename": "step{step}",
-                       "auto_insert_metric_name": False}},
-        {"class_path": "medkor.callbacks.KorMedMCQAEval",
-         "init_args": {"source": "medkor/assets/demo/kormedmcqa", "max_samples": 3, "batch_size": 12}},
-    ]
-    if kill:
-        trainer["callbacks"].append({"class_path": "tests.run.kill_at.KillAt", "init_args": kill})
-    config["model"].update(trainable="embeddings+lora", lora={"r": 4, "alpha": 8, "dropout": 0.2,
-                                                               "target_modules": ["q_proj", "v_proj"]})
+    extra = [{"class_path": "tests.run.kill_at.KillAt", "init_args": kill}] if kill else []
+    config = resume_config(repo_root, tmp_path / name, 2, STEPS_PER_EPOCH, extra)
     config["data"].update(cache_dir=str(tmp_path / "cache"), num_workers=num_workers)
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
-    return path
+    return write_config(config, tmp_path / f"{name}.yaml")
 
 
 def _fit(repo_root: Path, *args: str) -> subprocess.CompletedProcess:
