@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from medkor.data.packing import Rows
+from medkor.data.sources import DataError
 
 ROWS_FILE = "rows.arrow"
 SCHEMA = pa.schema([
@@ -71,6 +72,30 @@ def write_rows(path: Path, batches: Iterable[Rows], per_batch: int) -> tuple[int
     return rows, tokens
 
 
+class RowsFileError(DataError):
+    """A rows file that cannot be read (damaged, truncated, another layout); the message says what to run."""
+
+
+def unreadable(path: Path, problem: object) -> RowsFileError:
+    """The one-line error for a rows file that cannot be used, with the commands that repair its cache.
+
+    A published cache is `CACHE_DIR/<split>-<key>/rows.arrow`: `medkor cache` takes the folder's
+    parent and name, and `medkor prepare` builds the removed cache again.
+    """
+    folder = path.parent
+    return RowsFileError(
+        f"{path}: cannot read this cache rows file ({' '.join(str(problem).split())}); "
+        f"`medkor cache verify {folder.parent} {folder.name}` shows the damage, "
+        f"`medkor cache rm {folder.parent} {folder.name}` removes the cache, "
+        "then `medkor prepare --config ...` (or the next fit) builds it again"
+    )
+
+
+# what pyarrow raises for a damaged file: ArrowInvalid (a ValueError), OSError for a footer that fails
+# flatbuffer verification or a file that cannot be mapped, other ArrowExceptions for the rest
+ARROW_READ_ERRORS = (pa.ArrowException, OSError, ValueError, IndexError)
+
+
 def _view(array: pa.Array, dtype: type) -> np.ndarray:
     """Zero-copy numpy view of a null-free primitive Arrow array.
 
@@ -78,9 +103,18 @@ def _view(array: pa.Array, dtype: type) -> np.ndarray:
     use (about 0.4 s), which alone would break the warm-start budget.
     """
     if array.null_count:
-        raise ValueError("unexpected nulls in a rows file")
+        raise ValueError("unexpected nulls")
     itemsize = np.dtype(dtype).itemsize
     return np.frombuffer(array.buffers()[1], dtype=dtype, count=len(array), offset=array.offset * itemsize)
+
+
+def _check_offsets(path: Path, index: int, part: tuple[np.ndarray, ...]) -> None:
+    """Each list column's offsets must rise and end inside its values: a damaged batch is named here,
+    not as a slice past the end (or a negative length) in a data loader worker later. Cheap: one
+    pass over the offsets, once per record batch."""
+    for values, offsets in ((part[0], part[1]), (part[2], part[3]), (part[4], part[5])):
+        if offsets.size == 0 or offsets[0] < 0 or offsets[-1] > values.size or (np.diff(offsets) < 0).any():
+            raise unreadable(path, f"record batch {index}: list offsets out of order or past the data")
 
 
 class RowsFile:
@@ -99,12 +133,21 @@ class RowsFile:
         self._open()
 
     def _open(self) -> None:
-        self._source = pa.memory_map(str(self.path), "r")
-        self._reader = pa.ipc.open_file(self._source)
+        try:
+            self._source = pa.memory_map(str(self.path), "r")
+            self._reader = pa.ipc.open_file(self._source)
+        except ARROW_READ_ERRORS as err:
+            raise unreadable(self.path, err) from err
         schema = self._reader.schema
         if schema != SCHEMA or ROWS_PER_BATCH_KEY not in (schema.metadata or {}):
-            raise ValueError(f"{self.path}: unexpected schema {schema}; rebuild the cache")
-        self._per_batch = int(schema.metadata[ROWS_PER_BATCH_KEY])
+            raise unreadable(self.path, f"unexpected schema {schema}; rebuild the cache")
+        try:
+            self._per_batch = int(schema.metadata[ROWS_PER_BATCH_KEY])
+        except ValueError:
+            found = schema.metadata[ROWS_PER_BATCH_KEY].decode(errors="replace")
+            raise unreadable(self.path, f"rows_per_batch {found!r} is not a number") from None
+        if self._per_batch < 1:
+            raise unreadable(self.path, f"rows_per_batch is {self._per_batch}")
         batches = self._reader.num_record_batches
         self._parts: list[Optional[tuple[np.ndarray, ...]]] = [None] * batches
         self._len = (batches - 1) * self._per_batch + self._part(batches - 1)[1].size - 1 if batches else 0
@@ -113,11 +156,15 @@ class RowsFile:
         """(values, offsets, starts, starts_offsets, spans, spans_offsets) views of a record batch, read on first use."""
         part = self._parts[index]
         if part is None:
-            batch = self._reader.get_batch(index)
-            ids, starts, spans = batch.column(0), batch.column(1), batch.column(2)
-            part = (_view(ids.values, np.int32), _view(ids.offsets, np.int32),
-                    _view(starts.values, np.int32), _view(starts.offsets, np.int32),
-                    _view(spans.values, np.int32), _view(spans.offsets, np.int32))
+            try:
+                batch = self._reader.get_batch(index)
+                ids, starts, spans = batch.column(0), batch.column(1), batch.column(2)
+                part = (_view(ids.values, np.int32), _view(ids.offsets, np.int32),
+                        _view(starts.values, np.int32), _view(starts.offsets, np.int32),
+                        _view(spans.values, np.int32), _view(spans.offsets, np.int32))
+            except ARROW_READ_ERRORS as err:
+                raise unreadable(self.path, f"record batch {index}: {err}") from err
+            _check_offsets(self.path, index, part)
             self._parts[index] = part
         return part
 
