@@ -1,13 +1,14 @@
 """Atomic file writes: a file appears whole under its name, or not at all.
 
 `atomic_open(path)` hands out a temporary file in the same folder as `path`
-(`.<name>.tmp-<pid>-<random>`); when the block ends without an error the data is
+(`.<name>.tmp-<host>-<pid>-<random>`); when the block ends without an error the data is
 flushed and fsynced, the temporary file is renamed onto `path` with `os.replace`
 (atomic on POSIX and Windows within one file system) and the folder is fsynced, so
 the new name survives a power cut. If anything fails (a full disk, a permission
 error, an exception in the writer) the temporary file is removed and `path` keeps
 whatever it held before, byte for byte. A process killed in the middle leaves only
-the temporary file, which `leftover_temp_files` finds and which is safe to delete.
+the temporary file, which `leftover_temp_files` finds; `medkor.run.publish.sweep_leftovers`
+deletes those whose writer is no longer alive on this host (`writer_alive`).
 
 Failures that come from the operating system are raised as `AtomicWriteError`, an
 `OSError` with the original `errno` whose message names the file, the cause and what
@@ -23,6 +24,7 @@ import errno
 import os
 import re
 import secrets
+import socket
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Optional, Union
@@ -30,7 +32,8 @@ from typing import BinaryIO, Callable, Iterator, Optional, Union
 PathLike = Union[str, "os.PathLike[str]"]
 
 TEMP_MARK = ".tmp-"
-_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]{8}$")
+# .<name>.tmp-<host>-<pid>-<8 hex>; files of earlier versions have no host
+TEMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?:(?P<host>[A-Za-z0-9_]+)-)?(?P<pid>\d+)-[0-9a-f]{8}$")
 _NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _NOT_ALLOWED = {errno.EACCES, errno.EPERM, errno.EROFS}
 # Folders on some file systems (certain FUSE and network mounts) cannot be fsynced; the rename still happened.
@@ -50,10 +53,38 @@ class AtomicWriteError(OSError):
         return self.message
 
 
+def host_tag() -> str:
+    """This host's name as it goes into leftover names: letters, digits and `_` only, at most 40."""
+    return re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())[:40] or "host"
+
+
+def writer_alive(host: Optional[str], pid: int) -> bool:
+    """Whether the process that named a leftover may still be writing it.
+
+    Processes of other hosts count as alive (they cannot be checked from here). A
+    leftover without a host (written by an earlier version) is judged on this host.
+    """
+    if host is not None and host != host_tag():
+        return True
+    if pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except OSError:
+        return True
+    return True
+
+
 def temp_path_for(path: PathLike) -> Path:
-    """A fresh temporary name next to `path`: `.<name>.tmp-<pid>-<8 hex>`."""
+    """A fresh temporary name next to `path`: `.<name>.tmp-<host>-<pid>-<8 hex>`."""
     path = Path(path)
-    return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+    return path.with_name(f".{path.name}{TEMP_MARK}{host_tag()}-{os.getpid()}-{secrets.token_hex(4)}")
 
 
 def leftover_temp_files(folder: PathLike, name: Optional[str] = None) -> list[Path]:
@@ -68,7 +99,7 @@ def leftover_temp_files(folder: PathLike, name: Optional[str] = None) -> list[Pa
         return []
     found = []
     for entry in entries:
-        match = _TEMP_RE.match(entry.name)
+        match = TEMP_RE.match(entry.name)
         if match and (name is None or match["name"] == name) and entry.is_file(follow_symlinks=False):
             found.append(Path(entry.path))
     return sorted(found)
@@ -101,12 +132,25 @@ def fsync_file(target: Union[PathLike, int, BinaryIO]) -> None:
             os.fsync(handle.fileno())
 
 
-def _human(size: int) -> str:
+def human_size(size: float) -> str:
+    """Bytes in the unit that keeps the figure readable: `512 B`, `3.0 MiB`, `1.2 GiB`, `2.5 TiB`."""
     for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
+        if abs(size) < 1024:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
-    return f"{size} B"  # unreachable
+    return f"{size:.1f} TiB"
+
+
+def _free_space(folder: Path) -> Optional[str]:
+    """Free space on the file system of `folder` (or of its nearest existing parent), readable."""
+    import shutil
+
+    for probe in (folder, *folder.parents):
+        try:
+            return human_size(shutil.disk_usage(probe).free)
+        except OSError:
+            continue
+    return None
 
 
 def _os_error_in(err: BaseException) -> Optional[OSError]:
@@ -130,12 +174,13 @@ def _describe(path: Path, cause: OSError, what: str, elsewhere: str) -> str:
     code = errno.errorcode.get(cause.errno, "") if cause.errno is not None else ""
     text = f"cannot write {what} {path}: {reason}" + (f" ({code})" if code else "") + "."
     if cause.errno in _NO_SPACE:
-        text += f" Free space on that file system or {elsewhere}."
+        free = _free_space(path.parent)
+        text += (f" {free} free there." if free else "") + f" Free space on that file system or {elsewhere}."
         leftovers = leftover_temp_files(path.parent)
         if leftovers:
             size = sum(p.stat().st_size for p in leftovers if p.exists())
             text += (f" {len(leftovers)} temporary file(s) of interrupted writes in {path.parent} "
-                     f"({_human(size)}, named .<name>{TEMP_MARK}*) can be deleted if no other process "
+                     f"({human_size(size)}, named .<name>{TEMP_MARK}*) can be deleted if no other process "
                      "is writing there.")
     elif cause.errno in _NOT_ALLOWED:
         text += f" Make {path.parent} writable or {elsewhere}."

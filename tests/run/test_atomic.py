@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,8 +21,11 @@ from medkor.run.atomic import (
     atomic_write_text,
     fsync_dir,
     fsync_file,
+    host_tag,
+    human_size,
     leftover_temp_files,
     temp_path_for,
+    writer_alive,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,6 +70,7 @@ def test_os_error_mid_write_keeps_old_file_and_names_path_cause_and_remedy(tmp_p
     text = str(err)
     assert str(target) in text and "No space left on device" in text
     assert "Free space" in text and "point it somewhere bigger" in text and "unchanged" in text
+    assert re.search(r"\. \d+(\.\d)? (B|KiB|MiB|GiB|TiB) free there\.", text), text  # how much is left, readable
     assert "\n" not in text
     assert target.read_bytes() == b"old content"
     assert _names(tmp_path) == ["memo.json"]
@@ -123,7 +128,7 @@ def test_permission_denied_says_so(tmp_path):
 
 def test_temp_names_and_leftovers(tmp_path):
     tmp = temp_path_for(tmp_path / "last.ckpt")
-    assert tmp.parent == tmp_path and tmp.name.startswith(f".last.ckpt.tmp-{os.getpid()}-")
+    assert tmp.parent == tmp_path and tmp.name.startswith(f".last.ckpt.tmp-{host_tag()}-{os.getpid()}-")
     assert temp_path_for(tmp_path / "last.ckpt") != tmp
     tmp.write_bytes(b"x")
     (tmp_path / "last.ckpt").write_bytes(b"y")
@@ -132,6 +137,22 @@ def test_temp_names_and_leftovers(tmp_path):
     assert leftover_temp_files(tmp_path, "last.ckpt") == [tmp]
     assert leftover_temp_files(tmp_path, "other.ckpt") == []
     assert leftover_temp_files(tmp_path / "missing") == []
+
+
+def test_sizes_read_in_the_unit_that_fits():
+    assert [human_size(n) for n in (0, 1023, 1536, 3 * 2**20, 5 * 2**30 // 4, 3 * 2**40)] == [
+        "0 B", "1023 B", "1.5 KiB", "3.0 MiB", "1.2 GiB", "3.0 TiB"]
+
+
+def test_a_writer_is_alive_while_its_process_is_and_other_hosts_writers_always_count_as_alive():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert writer_alive(host_tag(), child.pid) and writer_alive(None, child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    assert not writer_alive(host_tag(), child.pid) and not writer_alive(None, child.pid)
+    assert writer_alive("some_other_node", child.pid) and writer_alive(host_tag(), os.getpid())
 
 
 def test_no_space_message_points_at_leftovers_of_killed_writes(tmp_path):
