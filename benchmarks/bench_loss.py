@@ -25,6 +25,14 @@ seq / 4, or the two largest measured in the same run) and marked `estimated`.
 
     python benchmarks/bench_loss.py                                  # V=272,843, H=2,560, 2,048 tokens
     python benchmarks/bench_loss.py --seq 512 --accumulate --variants naive fused recompute
+    python benchmarks/bench_loss.py --seq 1024 --variants fused --precision 32 bf16-mixed
+
+`--precision bf16-mixed` runs the step under bf16 autocast with the float32 head
+and hidden states of a `bf16-mixed` run (what `--dtype bfloat16` does not: that
+makes the tensors themselves bf16). Several precisions give one row each per
+variant, in the same run. CPU bf16 matrix products run on whatever the CPU offers
+(AMX or AVX-512 BF16 through oneDNN, else a slow emulation): their speed says
+nothing about a GPU's.
 """
 
 from __future__ import annotations
@@ -94,6 +102,10 @@ def worker(args: argparse.Namespace) -> dict:
     labels[:, :8] = -100
 
     def loss_of(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision[0] == "bf16-mixed"):
+            return _loss_of(h, y)
+
+    def _loss_of(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if args.variant == "naive":
             return naive_cross_entropy(h @ weight.T, y)
         if args.variant == "chunked":
@@ -123,18 +135,19 @@ def worker(args: argparse.Namespace) -> dict:
         peak = torch.cuda.max_memory_allocated() - base
     else:
         peak = _status_kib("VmHWM:") * 1024 - base
-    return {"variant": args.variant, "seq": seq, "loss": value, "seconds": seconds, "cpu_seconds": cpu_seconds,
+    return {"variant": args.variant, "precision": args.precision[0], "seq": seq, "loss": value, "seconds": seconds,
+            "cpu_seconds": cpu_seconds,
             "peak_bytes": peak,
             "device": str(device), "maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
-def _run(args: argparse.Namespace, variant: str, seq: int) -> dict:
+def _run(args: argparse.Namespace, variant: str, seq: int, precision: str = "32") -> dict:
     cmd = [sys.executable, __file__, "--vocab", str(args.vocab), "--hidden", str(args.hidden), "--batch",
            str(args.batch), "--seq", str(seq), "--chunk", str(args.chunk), "--dtype", args.dtype,
-           "--variant", variant] + (["--accumulate"] if args.accumulate else [])
+           "--precision", precision, "--variant", variant] + (["--accumulate"] if args.accumulate else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
-    print(f"  ran {variant} at {seq} tokens: {result['seconds']:.1f} s ({result['cpu_seconds']:.1f} s CPU), "
+    print(f"  ran {variant} ({precision}) at {seq} tokens: {result['seconds']:.1f} s ({result['cpu_seconds']:.1f} s CPU), "
           f"{result['peak_bytes'] / 2**20:,.0f} MiB",
           file=sys.stderr, flush=True)
     return result
@@ -146,7 +159,7 @@ def _extrapolate(a: dict, b: dict, seq: int) -> dict:
         slope = (b[key] - a[key]) / (b["seq"] - a["seq"])
         return a[key] + slope * (seq - a["seq"])
 
-    return {"variant": "naive", "seq": seq, "loss": None, "seconds": line("seconds"),
+    return {"variant": "naive", "precision": a["precision"], "seq": seq, "loss": None, "seconds": line("seconds"),
             "cpu_seconds": line("cpu_seconds"), "peak_bytes": line("peak_bytes"), "device": a["device"],
             "estimated": (a["seq"], b["seq"])}
 
@@ -157,7 +170,7 @@ def _naive_need_bytes(args: argparse.Namespace, seq: int) -> int:
     return 2 * args.vocab * args.hidden * item + 2 * args.batch * seq * args.vocab * 4
 
 
-def _naive(args: argparse.Namespace, seq: int, measured: dict[int, dict]) -> dict:
+def _naive(args: argparse.Namespace, seq: int, measured: dict[int, dict], precision: str = "32") -> dict:
     """Measure naive at `seq`, or, where it would not fit in 80 % of the memory available, extrapolate it.
 
     The fit uses the two largest naive steps measured in this run, or measures them at
@@ -166,13 +179,13 @@ def _naive(args: argparse.Namespace, seq: int, measured: dict[int, dict]) -> dic
     tokens, by 2.5 rows from 1,024 to 2,048), so the nearer the points, the better.
     """
     if _naive_need_bytes(args, seq) <= 0.8 * _mem_available_bytes():
-        measured[seq] = _run(args, "naive", seq)
+        measured[seq] = _run(args, "naive", seq, precision)
         return measured[seq]
     points = sorted((r for r in measured.values() if r["seq"] < seq), key=lambda r: r["seq"])
     if len(points) < 2:
         for n in (max(seq // 8, 16), max(seq // 4, 32)):
             if n not in measured:
-                measured[n] = _run(args, "naive", n)
+                measured[n] = _run(args, "naive", n, precision)
         points = [measured[max(seq // 8, 16)], measured[max(seq // 4, 32)]]
     return _extrapolate(points[-2], points[-1], seq)
 
@@ -186,6 +199,8 @@ def main() -> int:
     parser.add_argument("--chunk", type=int, default=512, help="loss_chunk_size of chunked, fused and recompute")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["naive", "chunked", "fused"])
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--precision", nargs="+", choices=["32", "bf16-mixed"], default=["32"],
+                        help="32: float32 throughout; bf16-mixed: bf16 autocast over float32 tensors (one row each)")
     parser.add_argument("--accumulate", action="store_true",
                         help="the measured step adds into existing gradients (accumulation micro-batch)")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
@@ -194,21 +209,26 @@ def main() -> int:
         print(json.dumps(worker(args)))
         return 0
     ok = True
-    naive_measured: dict[int, dict] = {}
     for seq in sorted(args.seq):
-        results = [_naive(args, seq, naive_measured) if v == "naive" else _run(args, v, seq) for v in args.variants]
+        results = []
+        for precision in args.precision:
+            naive_measured: dict[int, dict] = {}
+            results += [_naive(args, seq, naive_measured, precision) if v == "naive" else _run(args, v, seq, precision)
+                        for v in args.variants]
         ref = results[0]
         print(f"\nloss step, V={args.vocab} H={args.hidden} B={args.batch} T={seq} chunk={args.chunk} "
               f"{args.dtype}{' accumulating' if args.accumulate else ''}, device {ref['device']}")
-        print(f"{'variant':<12}{'loss':>12}{'|diff|':>10}{'seconds':>10}{'cpu s':>10}{'peak MiB':>10}"
+        print(f"{'variant':<24}{'loss':>12}{'|diff|':>10}{'seconds':>10}{'cpu s':>10}{'peak MiB':>10}"
               f"{'mem ratio':>11}{'time ratio':>11}{'cpu ratio':>11}")
         for r in results:
             diff: Optional[float] = None
-            if r["loss"] is not None and ref["loss"] is not None:
-                diff = abs(r["loss"] - ref["loss"])
+            # the loss is compared within one precision: bf16 logits round differently from float32 ones
+            same = next(x for x in results if x["precision"] == r["precision"])
+            if r["loss"] is not None and same["loss"] is not None:
+                diff = abs(r["loss"] - same["loss"])
                 ok &= diff <= 1e-5
             loss = f"{r['loss']:>12.6f}" if r["loss"] is not None else f"{'-':>12}"
-            print(f"{r['variant']:<12}{loss}{(f'{diff:.1e}' if diff is not None else '-'):>10}"
+            print(f"{r['variant'] + ' (' + r['precision'] + ')':<24}{loss}{(f'{diff:.1e}' if diff is not None else '-'):>10}"
                   f"{r['seconds']:>10.1f}{r['cpu_seconds']:>10.1f}{r['peak_bytes'] / 2**20:>10,.0f}"
                   f"{ref['peak_bytes'] / max(r['peak_bytes'], 1):>10.2f}x{r['seconds'] / ref['seconds']:>10.2f}x"
                   f"{r['cpu_seconds'] / ref['cpu_seconds']:>10.2f}x")
@@ -216,7 +236,7 @@ def main() -> int:
             print(f"{ref['variant']} does not fit in {_mem_available_bytes() / 2**30:.1f} GiB available: its row is "
                   f"extrapolated linearly in tokens from the measured steps at {ref['estimated'][0]} and "
                   f"{ref['estimated'][1]} tokens")
-    print("losses equal within 1e-5" if ok else "LOSSES DIFFER by more than 1e-5")
+    print("losses of one precision equal within 1e-5" if ok else "LOSSES DIFFER by more than 1e-5")
     return 0 if ok else 1
 
 

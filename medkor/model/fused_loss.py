@@ -22,7 +22,14 @@ Two ways to order the work (`recompute`):
 
 Numerics follow Hugging Face's loss: logits in the compute dtype, Gemma's
 final-logit soft-capping (`tanh(x / cap) * cap`) in that dtype, then float32 for
-the softmax. Gradients are formed in float32 from those logits.
+the softmax and log-sum-exp. Each chunk's logit gradient is formed in float32 and
+rounded once to the compute dtype; every matrix product (logits, hidden gradient,
+head gradient) then runs in the compute dtype with float32 accumulation, as the
+naive loss's do under autocast. The head gradient is summed over chunks in a
+float32 buffer: on CUDA the bf16 product is accumulated straight into it
+(`addmm` with `out_dtype=float32`); elsewhere each block of head rows is one bf16
+product (float32 inside the kernel) added into the float32 buffer, one rounding
+per chunk.
 """
 
 from __future__ import annotations
@@ -33,9 +40,12 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-# Rows of the head per block when a half-precision chunk is upcast for the float32 head
-# gradient: bounds the temporary to tokens x block instead of tokens x vocab.
+# Rows of the head per block where a half-precision chunk product is added into the float32 head
+# gradient through a temporary: bounds it to block x hidden instead of vocab x hidden.
 _HEAD_BLOCK_ROWS = 16384
+# Device types whose half-precision matmul accumulates straight into a float32 output
+# (`torch.addmm(..., out_dtype=torch.float32)`): found out on first use.
+_MIXED_ADDMM: dict[str, bool] = {}
 
 
 def compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
@@ -81,27 +91,50 @@ def _softmax_grad_(
     return p.to(dtype)
 
 
-def _add_head_grad(out: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, first: bool) -> None:
-    """out (+)= grad.T @ x in place, summed in `out`'s (float32) precision.
+def _mixed_addmm_works(device: torch.device) -> bool:
+    """Whether `addmm` on `device` takes half-precision matrices into a float32 output (CUDA does, CPU not).
 
-    A half-precision chunk is upcast block by block of head rows, so the temporaries
-    stay block x tokens and every chunk's product is exact before the single final
-    rounding (a bf16 product per chunk would round once per chunk).
+    Decided once per device type by a tiny call; an unsupported combination is refused
+    when the call is dispatched, so the probe never waits on the device.
     """
+    known = _MIXED_ADDMM.get(device.type)
+    if known is None:
+        a = torch.zeros(2, 2, dtype=torch.bfloat16, device=device)
+        out = torch.zeros(2, 2, dtype=torch.float32, device=device)
+        try:
+            torch.addmm(out, a, a, out_dtype=torch.float32, out=out)
+            known = True
+        except (RuntimeError, NotImplementedError, TypeError):
+            known = False
+        _MIXED_ADDMM[device.type] = known
+    return known
+
+
+def _add_head_grad(out: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, first: bool) -> None:
+    """out (+)= grad.T @ x in place; the product in `grad`'s dtype, the sum over chunks in `out`'s (float32).
+
+    A half-precision chunk is multiplied in half precision (float32 accumulation inside
+    the kernel): into `out` directly where the device supports a float32 output, else
+    block by block of head rows through a half-precision temporary of block x hidden.
+    """
+    x = x.to(grad.dtype)
     if grad.dtype == out.dtype:
         if first:
             torch.mm(grad.T, x, out=out)
         else:
             out.addmm_(grad.T, x)
         return
-    x = x.to(out.dtype)
+    if _mixed_addmm_works(out.device):
+        torch.addmm(out, grad.T, x, beta=0.0 if first else 1.0, out_dtype=out.dtype, out=out)
+        return
     for start in range(0, out.shape[0], _HEAD_BLOCK_ROWS):
-        block = grad[:, start:start + _HEAD_BLOCK_ROWS].to(out.dtype).T
         rows = out[start:start + _HEAD_BLOCK_ROWS]
+        product = torch.mm(grad[:, start:start + _HEAD_BLOCK_ROWS].T, x)
         if first:
-            torch.mm(block, x, out=rows)
+            rows.copy_(product)
         else:
-            rows.addmm_(block, x)
+            rows.add_(product)
+        del product
 
 
 def _add_hidden_grad(out: torch.Tensor, grad: torch.Tensor, w: torch.Tensor) -> None:
