@@ -77,6 +77,14 @@ def check_run_config(config: Any) -> None:
     _at_least(config, "trainer.accumulate_grad_batches", 1, "micro-batches per optimizer step; 1 = no accumulation")
     _at_least(config, "trainer.max_epochs", -1, "-1 = no limit")
     _at_least(config, "trainer.max_steps", -1, "-1 = no limit")
+    if _get(config, "trainer.max_epochs") == -1 and _get(config, "trainer.max_steps", -1) == -1:
+        # Lightning would train forever and the learning-rate schedule, which needs the run's length,
+        # would warm up over 10**12 steps: the learning rate would stay near zero.
+        raise ConfigError(
+            "trainer.max_epochs -1 and trainer.max_steps -1 give the run no end, so the learning-rate schedule "
+            "has no length (warmup would never finish): set trainer.max_steps (optimizer steps) or "
+            "trainer.max_epochs to a positive number"
+        )
     _at_least(config, "trainer.log_every_n_steps", 1, "optimizer steps between logged rows")
     _at_least(config, "trainer.gradient_clip_val", 0, "0 or null = no clipping")
     _at_least(config, "trainer.num_nodes", 1, "machines in the run")
