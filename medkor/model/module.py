@@ -340,7 +340,7 @@ class MedGemmaModule(LightningModule):
     def _mfu(self, tokens_per_sec: float, seq_len: int) -> Optional[float]:
         if self.device.type != "cuda":
             return None
-        peak = self.hparams.peak_tflops or peak_tflops_for(torch.cuda.get_device_name(self.device))
+        peak = self.hparams.peak_tflops or peak_tflops_for(self.device)
         if not peak:
             return None
         achieved = tokens_per_sec * flops_per_token(text_config(self.hf_model), self._mfu_params, seq_len)

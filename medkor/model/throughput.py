@@ -3,27 +3,30 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-# Dense bf16 peak TFLOP/s (no sparsity) by substring of torch.cuda.get_device_name().
-PEAK_BF16_TFLOPS = {
-    "H200": 989.0,
-    "H100": 989.0,
-    "A100": 312.0,
-    "L40S": 362.0,
-    "A6000": 155.0,
-    "L4": 121.0,
-    "4090": 165.0,
-    "A10": 125.0,
-}
+if TYPE_CHECKING:
+    import torch
 
 
-def peak_tflops_for(device_name: str) -> Optional[float]:
-    """Known bf16 peak of a GPU, or None."""
-    for key, value in PEAK_BF16_TFLOPS.items():
-        if key in device_name:
-            return value
-    return None
+def peak_tflops_for(device: torch.device, dtype: Optional[torch.dtype] = None) -> Optional[float]:
+    """Peak TFLOP/s of a CUDA `device` for `dtype` (default bf16) from Lightning's table, or None when unknown.
+
+    Lightning's `get_available_flops` tells H100 SXM, PCIe and NVL apart by the name's
+    memory type; it reads "NVIDIA L40" and "NVIDIA L40S" as its "l4" entry (the name
+    contains "l4"), a figure 1.5-3x too low, so those give None: no MFU rather than a
+    wrong one (`model.peak_tflops` sets it by hand).
+    """
+    import torch
+
+    if device.type != "cuda":
+        return None
+    if "l40" in torch.cuda.get_device_name(device).lower():
+        return None
+    from lightning.fabric.utilities.throughput import get_available_flops
+
+    flops = get_available_flops(device, dtype or torch.bfloat16)
+    return flops / 1e12 if flops else None
 
 
 def flops_per_token(text_config: Any, n_params: int, seq_len: int) -> float:
