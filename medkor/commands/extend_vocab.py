@@ -12,6 +12,7 @@ import json
 import sys
 from typing import Optional, Sequence
 
+from medkor.cli import one_line
 from medkor.vocab.build import STATS_FILE, ExtendConfig, extend_vocab
 from medkor.vocab.bpe_model import TokenizerFormatError
 from medkor.vocab.select import TermBudgetError
@@ -58,7 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout_every", type=int, default=defaults.heldout_every,
                    help=f"Hold out every N-th corpus document when --heldout is not given; 0 holds none "
                         f"(default: {defaults.heldout_every}).")
-    p.add_argument("--overwrite", action="store_true", help="Replace a tokenizer already in --out.")
+    p.add_argument("--overwrite", action="store_true",
+                   help="Replace the tokenizer of an earlier extend-vocab run in --out (only the files it wrote, "
+                        "listed in its .medkor-extend-vocab.json; other files are kept). Without it a folder that "
+                        "is not empty is refused.")
+    p.add_argument("--strict_terms", action="store_true",
+                   help="Refuse when the terms seen --term_min_frequency times do not fit --num_new_tokens "
+                        "(default: raise the frequency to the smallest whose terms fit, and say so).")
     return p
 
 
@@ -68,8 +75,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         report = extend_vocab(cfg)
     except (CorpusError, TokenizerFormatError, TermBudgetError, FileNotFoundError, FileExistsError, ValueError) as err:
-        print(f"medkor extend-vocab: error: {err}", file=sys.stderr)
+        print(f"medkor extend-vocab: error: {one_line(err)}", file=sys.stderr)
         return 2
+    except OSError as err:  # the disk, permissions: --out is as it was
+        print(f"medkor extend-vocab: error: {one_line(err)}", file=sys.stderr)
+        return 1
     summary = {k: report[k] for k in ("base_size", "extended_size", "tokens_added", "tokens_added_by_source")}
     for part in ("corpus", "heldout"):
         if report[part]:
@@ -83,6 +93,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                    "tokens_spent", "tokens_saved_on_corpus")}
     summary["throughput_chars_per_second"] = report["throughput"]["chars_per_second"]
     print(json.dumps(summary, ensure_ascii=False, indent=2))
+    terms = report["terms"]
+    if terms and terms["required_from_raised"]:
+        print(f"note: the {terms['required_at_asked_frequency']} terms seen at least {cfg.term_min_frequency} times do "
+              f"not fit into --num_new_tokens {cfg.num_new_tokens}: made whole only the {terms['required']} seen at "
+              f"least {terms['required_from']} times (recorded in {STATS_FILE}); raise --num_new_tokens for more, "
+              "or pass --strict_terms to refuse instead")
     if report["tokens_added"] < cfg.num_new_tokens:
         print(f"note: added {report['tokens_added']} of the {cfg.num_new_tokens} tokens asked for: no pair or missing "
               f"character is left that the corpus uses --min_frequency {cfg.min_frequency} times")

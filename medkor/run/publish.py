@@ -90,6 +90,29 @@ def kill_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+class TargetError(ValueError):
+    """An output folder that no command may publish to; the message says what to give instead."""
+
+
+def check_target(target: PathLike, option: str = "--out") -> None:
+    """Refuse an output folder that a publish must not replace, before any work is done.
+
+    Refused: a symbolic link (what it points at is not the command's to replace; the
+    link itself would be turned into a folder), a file, and the working folder or any
+    folder above it (replacing it would pull the ground from under the shell).
+    """
+    target = Path(target)
+    if target.is_symlink():
+        raise TargetError(f"{option} {target} is a symbolic link (to {os.readlink(target)}); give the folder it "
+                          "points at, or a new name")
+    if target.exists() and not target.is_dir():
+        raise TargetError(f"{option} {target} is a file; give a folder")
+    here, resolved = Path.cwd().resolve(), target.resolve()
+    if resolved == here or resolved in here.parents:
+        raise TargetError(f"{option} {target} is the working folder or one above it ({resolved}); "
+                          "give a new folder for the output, e.g. {option} ./out".replace("{option}", option))
+
+
 # ---------------------------------------------------------------- names
 
 def staging_for(target: PathLike) -> Path:
@@ -207,6 +230,12 @@ def _remove(path: Path) -> None:
             os.unlink(path)
         except FileNotFoundError:
             pass
+
+
+def discard(staging: Optional[PathLike]) -> None:
+    """Remove a staging folder that will not be published (a failed or interrupted build); None is ignored."""
+    if staging is not None:
+        _remove(Path(staging))
 
 
 # ---------------------------------------------------------------- publish

@@ -3,22 +3,33 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
+from medkor.run.publish import (
+    check_target, discard, kill_point, marker_files, marker_name, publish_folder, staging_for, write_marker,
+)
 from medkor.vocab import stats
 from medkor.vocab.bpe_model import BpeModel
 from medkor.vocab.corpus import read_documents, read_terms, split_heldout
 from medkor.vocab.extend import ExtensionResult, grow_bpe
 from medkor.vocab.merges import WordTable, space_word_counts
-from medkor.vocab.select import MergeSelector
+from medkor.vocab.select import MergeSelector, TermBudgetError
 from medkor.vocab.terms import TermPlan
 
 STATS_FILE = "extension_stats.json"
+COMMAND = "extend-vocab"
+MARKER = marker_name(COMMAND)
+# what extend-vocab writes (the base's tokenizer files, the grown tokenizer.json, the stats), for
+# folders written before the marker existed and for the early check of a folder that holds other files
+WRITTEN_FILES = frozenset({"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                           "chat_template.jinja", "tokenizer.model", STATS_FILE})
+
+
+class OutputFolderError(FileExistsError):
+    """`--out` holds files that extend-vocab would have to replace without having written them."""
 
 
 @dataclass
@@ -41,7 +52,10 @@ class ExtendConfig:
         heldout: held-out files for the before/after figures; when none are given,
             every `heldout_every`-th corpus document is held out of mining instead.
         heldout_every: see `heldout` (0 holds nothing out).
-        overwrite: replace an existing tokenizer in `out`.
+        overwrite: replace the files of an earlier extend-vocab run in `out` (listed
+            by its `.medkor-extend-vocab.json`); other files in `out` are kept.
+        strict_terms: refuse when the required terms do not fit `num_new_tokens`;
+            by default `term_min_frequency` is raised to the smallest that fits.
     """
 
     base: str
@@ -56,6 +70,7 @@ class ExtendConfig:
     heldout: list[str] = field(default_factory=list)
     heldout_every: int = 10
     overwrite: bool = False
+    strict_terms: bool = False
 
 
 def load_base(name: str) -> tuple[Any, BpeModel]:
@@ -74,8 +89,52 @@ def load_base(name: str) -> tuple[Any, BpeModel]:
     return hf, BpeModel.from_tokenizer(hf.backend_tokenizer, source=name)
 
 
+def earlier_run_files(out: Path) -> set[str]:
+    """Files an earlier extend-vocab run wrote into `out`: from its marker, else (folders written before the
+    marker) extend-vocab's usual names when its stats file is there; none otherwise."""
+    listed = marker_files(out, COMMAND)
+    if listed is not None:
+        return listed
+    if (out / STATS_FILE).is_file():
+        return {p.name for p in out.iterdir() if p.name in WRITTEN_FILES}
+    return set()
+
+
+def check_output_folder(out: Path, overwrite: bool) -> None:
+    """Refuse, before any work, an `--out` whose files extend-vocab did not write and would have to replace.
+
+    A link, a file, the working folder or a folder above it are never taken; a folder
+    that is not empty needs `overwrite`, and then only an earlier run's files are
+    replaced: a tokenizer file of anything else in it is refused.
+    """
+    check_target(out)
+    if not out.is_dir():
+        return
+    present = sorted(p.name for p in out.iterdir())
+    if not present:
+        return
+    owned = earlier_run_files(out)
+    shown = ", ".join(present[:5]) + (f" and {len(present) - 5} more" if len(present) > 5 else "")
+    if not overwrite:
+        if owned:
+            raise OutputFolderError(f"--out {out} already holds a tokenizer of an earlier extend-vocab run; pass "
+                                    "--overwrite to replace it (files extend-vocab did not write are kept)")
+        raise OutputFolderError(f"--out {out}: folder is not empty ({shown}); choose a new folder, or pass "
+                                "--overwrite to write beside these files (they are kept)")
+    foreign = sorted((set(present) & WRITTEN_FILES) - owned)
+    if foreign:
+        raise OutputFolderError(f"--out {out} holds {', '.join(foreign)}, which extend-vocab did not write (no "
+                                f"{MARKER} lists it); choose a new folder for the extended tokenizer")
+
+
 def extend_vocab(cfg: ExtendConfig) -> dict[str, Any]:
-    """Build the extended tokenizer in `cfg.out` and return its statistics."""
+    """Build the extended tokenizer, verify it and publish it as `cfg.out`; return its statistics.
+
+    The tokenizer, its statistics and the marker are written into a staging folder
+    beside `cfg.out` and verified there; only then is the folder swapped in whole
+    (`medkor.run.publish`), so `cfg.out` never holds an unverified tokenizer, and a
+    kill leaves the earlier folder as it was.
+    """
     if cfg.num_new_tokens < 0:
         raise ValueError(f"--num_new_tokens must be >= 0, got {cfg.num_new_tokens}")
     if cfg.min_frequency < 1:
@@ -83,8 +142,7 @@ def extend_vocab(cfg: ExtendConfig) -> dict[str, Any]:
     if cfg.term_priority < 0:
         raise ValueError(f"--term_priority must be >= 0, got {cfg.term_priority}")
     out = Path(cfg.out)
-    if (out / "tokenizer.json").exists() and not cfg.overwrite:
-        raise FileExistsError(f"{out} already holds a tokenizer; pass --overwrite to replace it")
+    check_output_folder(out, cfg.overwrite)
     hf_base, base = load_base(cfg.base)
     base_tok = base.to_tokenizer()
 
@@ -98,16 +156,47 @@ def extend_vocab(cfg: ExtendConfig) -> dict[str, Any]:
     if cfg.terms:
         plan = TermPlan.from_corpus(read_terms(cfg.terms), words, cfg.term_min_frequency, cfg.term_priority)
 
-    selector, result, banned = select_and_grow(base, base_tok, words, cfg.num_new_tokens, cfg.min_frequency, plan)
+    selector, result, banned, plan = _select_fitting(base, base_tok, words, cfg, plan)
     extended = result.model.to_tokenizer()
 
-    _save(hf_base, result.model, out)
-    report = _report(cfg, base, base_tok, extended, result, selector, plan, mining, heldout)
-    report["tokens_banned_as_unreachable"] = sorted(banned)
-    report["throughput"] = _throughput(base_tok, extended, heldout + mining)
-    _verify_saved(out, base, result.new_ids, base_tok, heldout or mining[:200])
-    (out / STATS_FILE).write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    staging = staging_for(out)
+    try:
+        _save(hf_base, result.model, staging)
+        report = _report(cfg, base, base_tok, extended, result, selector, plan, mining, heldout)
+        report["tokens_banned_as_unreachable"] = sorted(banned)
+        report["throughput"] = _throughput(base_tok, extended, heldout + mining)
+        kill_point("extend-vocab:saved")
+        _verify_saved(staging, base, result.new_ids, base_tok, heldout or mining[:200], shown_as=out)
+        (staging / STATS_FILE).write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        written = [p.name for p in staging.iterdir()]
+        write_marker(staging, COMMAND, written)
+        keep = {p.name for p in out.iterdir()} - earlier_run_files(out) if out.is_dir() else set()
+        publish_folder(staging, out, keep=keep)
+    except BaseException:
+        discard(staging)
+        raise
     return report
+
+
+def _select_fitting(
+    base: BpeModel, base_tok: Any, words: Counter, cfg: ExtendConfig, plan: Optional[TermPlan]
+) -> tuple[MergeSelector, ExtensionResult, set[str], Optional[TermPlan]]:
+    """`select_and_grow`; when the required terms do not fit and `strict_terms` is off, again with the
+    smallest term frequency whose terms fit (the plan returned says which)."""
+    try:
+        return (*select_and_grow(base, base_tok, words, cfg.num_new_tokens, cfg.min_frequency, plan), plan)
+    except TermBudgetError:
+        if cfg.strict_terms or plan is None:
+            raise
+    table = WordTable(words, base_tok, dict(base.vocab), base.byte_fallback, base.unk_token)
+    probe = MergeSelector(table, cfg.num_new_tokens, cfg.min_frequency, plan, forbidden=frozenset(base.special_contents()))
+    for required_from in probe.fitting_frequencies():
+        raised = replace(plan, required_from=required_from)
+        try:
+            return (*select_and_grow(base, base_tok, words, cfg.num_new_tokens, cfg.min_frequency, raised), raised)
+        except TermBudgetError:
+            continue
+    raise AssertionError("a plan without required terms always fits")  # fitting_frequencies ends with that plan
 
 
 def select_and_grow(
@@ -132,33 +221,27 @@ def select_and_grow(
     return selector, result, banned
 
 
-def _save(hf_base: Any, model: BpeModel, out: Path) -> None:
-    """Write the base's tokenizer files with the grown `tokenizer.json`, atomically."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
-    try:
-        hf_base.save_pretrained(tmp)
-        (tmp / "tokenizer.json").write_text(model.to_json(), encoding="utf-8")
-        # A SentencePiece file would describe the old vocabulary: never ship it.
-        (tmp / "tokenizer.model").unlink(missing_ok=True)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def _save(hf_base: Any, model: BpeModel, folder: Path) -> None:
+    """Write the base's tokenizer files with the grown `tokenizer.json` into `folder` (a staging folder)."""
+    hf_base.save_pretrained(folder)
+    (folder / "tokenizer.json").write_text(model.to_json(), encoding="utf-8")
+    # A SentencePiece file would describe the old vocabulary: never ship it.
+    (folder / "tokenizer.model").unlink(missing_ok=True)
 
 
-def _verify_saved(out: Path, base: BpeModel, new_ids: dict[str, int], base_tok: Any, docs: list[str]) -> None:
-    """Reload through transformers and check ids and round trip: what users will get.
+def _verify_saved(
+    folder: Path, base: BpeModel, new_ids: dict[str, int], base_tok: Any, docs: list[str], shown_as: Path
+) -> None:
+    """Reload `folder` through transformers and check ids and round trip: what users will get.
 
     Documents the base already loses (no byte fallback, `<unk>`) are the base's
     failures, reported in the stats; only documents that the extension loses fail here.
+    Errors name `shown_as`, the folder the tokenizer was meant for.
     """
     from transformers import AutoTokenizer
 
-    loaded = AutoTokenizer.from_pretrained(str(out))
+    out = shown_as
+    loaded = AutoTokenizer.from_pretrained(str(folder))
     vocab = loaded.get_vocab()
     moved = [t for t, i in base.vocab.items() if vocab.get(t) != i]
     lost = [t for t, i in new_ids.items() if vocab.get(t) != i]
@@ -233,7 +316,7 @@ def _report(cfg, base, base_tok, extended, result, selector, plan, mining, heldo
         },
         "corpus": corpus,
         "heldout": held,
-        "terms": _term_report(plan, selector, extended, heldout or mining) if plan else None,
+        "terms": _term_report(plan, selector, extended, heldout or mining, cfg.term_min_frequency) if plan else None,
         "usage": {
             "tokens_checked": len(new),
             "tokens_not_formed_alone": stats.not_formed_alone(extended, [t for t, _ in new]),
@@ -247,8 +330,11 @@ def _report(cfg, base, base_tok, extended, result, selector, plan, mining, heldo
     }
 
 
-def _term_report(plan: TermPlan, selector: MergeSelector, extended: Any, docs: list[str]) -> dict[str, Any]:
-    """What the terms cost and saved, and which became single tokens."""
+def _term_report(
+    plan: TermPlan, selector: MergeSelector, extended: Any, docs: list[str], asked_from: int
+) -> dict[str, Any]:
+    """What the terms cost and saved, and which became single tokens; `required_from` is the
+    frequency used, `required_from_asked` the `--term_min_frequency` given (raised when too few fit)."""
     learned = selector.learned
     single = set(plan.frequency) - set(stats.not_formed_alone(extended, list(plan.frequency)))
     required = plan.required()
@@ -258,6 +344,9 @@ def _term_report(plan: TermPlan, selector: MergeSelector, extended: Any, docs: l
         "terms": len(plan.frequency),
         "seen_in_corpus": sum(1 for n in plan.frequency.values() if n > 0),
         "required_from": plan.required_from,
+        "required_from_asked": asked_from,
+        "required_from_raised": plan.required_from != asked_from,
+        "required_at_asked_frequency": sum(1 for n in plan.frequency.values() if n >= asked_from),
         "priority": plan.priority,
         "required": len(required),
         "required_single_token": sum(1 for t in required if t in single),

@@ -74,16 +74,28 @@ class MergeSelector:
             return None
         return missing
 
-    def reserve(self) -> int:
-        """Tokens the required terms that are not whole yet still need (an upper bound:
-        the merges of a shared prefix are counted for each term that has it)."""
+    def reserve(self, terms: list[str] | None = None) -> int:
+        """Tokens the required terms (or `terms`) that are not whole yet still need (an upper
+        bound: the merges of a shared prefix are counted for each term that has it)."""
         merges, chars = 0, set()
-        for term in self.required:
+        for term in self.required if terms is None else terms:
             missing = self._missing(term)
             if missing is not None and not self._whole(term):
                 merges += len(self.table.symbols[self.table.index[term]]) - 1
                 chars |= missing
         return merges + len(chars)
+
+    def fitting_frequencies(self) -> list[int]:
+        """Term frequencies from which on the required terms fit the budget, smallest first.
+
+        The first is the smallest `required_from` (at or above the plan's) whose terms
+        fit by `reserve`'s bound; the next ones follow in case a selection still finds
+        it short; the last requires no term at all.
+        """
+        frequency = self.plan.frequency
+        levels = sorted({frequency[t] for t in self.required})
+        fitting = [f for f in levels if self.reserve([t for t in self.required if frequency[t] >= f]) <= self.budget]
+        return fitting + [levels[-1] + 1 if levels else self.plan.required_from]
 
     def _whole(self, term: str) -> bool:
         return len(self.table.symbols[self.table.index[term]]) == 1 and term in self.vocab

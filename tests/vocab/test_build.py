@@ -102,7 +102,7 @@ def test_command_writes_refuses_to_clobber_and_reports_bad_input(tmp_path, base_
     assert 100 < added < 100000
     assert f"note: added {added} of the 100000 tokens asked for: no pair" in capsys.readouterr().out
     assert main(args) == 2
-    assert "already holds a tokenizer; pass --overwrite" in capsys.readouterr().err
+    assert "already holds a tokenizer of an earlier extend-vocab run; pass --overwrite" in capsys.readouterr().err
     assert main(args + ["--overwrite", "--text_field", "body"]) == 2
     assert "train.jsonl:1: missing field 'body'" in capsys.readouterr().err
     assert main(args + ["--overwrite", "--base", str(tmp_path / "nothing")]) == 2
@@ -110,8 +110,8 @@ def test_command_writes_refuses_to_clobber_and_reports_bad_input(tmp_path, base_
     assert main(args + ["--overwrite", "--num_new_tokens", "-5"]) == 2
     assert "--num_new_tokens must be >= 0, got -5" in capsys.readouterr().err
     assert main(args + ["--overwrite", "--terms", str(base_dir / "tokenizer.json"), "--term_min_frequency", "0",
-                        "--num_new_tokens", "1"]) == 2
-    assert "need" in capsys.readouterr().err
+                        "--num_new_tokens", "1", "--strict_terms"]) == 2
+    assert "do not fit into --num_new_tokens 1" in capsys.readouterr().err
 
 
 def test_a_base_that_loses_text_is_told_apart_from_the_extension(tmp_path, base_dir, corpus_docs, capsys):

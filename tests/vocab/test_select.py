@@ -86,6 +86,16 @@ def test_required_terms_that_do_not_fit_are_refused_with_the_fix():
         select(budget=3, plan=plan)
 
 
+def test_the_term_frequencies_that_fit_start_at_the_smallest_whose_terms_fit_the_budget():
+    plan = TermPlan({"▁폐렴구균": 3, "▁심근경색": 4}, required_from=3)
+    table = WordTable(WORDS, BASE.to_tokenizer(), dict(BASE.vocab))
+    assert MergeSelector(table, 8, 2, plan).fitting_frequencies() == [4, 5]  # both need 16, 심근경색 alone 8
+    assert MergeSelector(table, 16, 2, plan).fitting_frequencies() == [3, 4, 5]
+    assert MergeSelector(table, 3, 2, plan).fitting_frequencies() == [5]  # none fits: no term required
+    learned = select(budget=8, plan=TermPlan(plan.frequency, required_from=4))[1]
+    assert learned.sources["▁심근경색"] == "term" and "▁폐렴구균" not in learned.tokens
+
+
 def test_prefix_counts_count_word_starts():
     words = Counter({"▁당뇨병은": 3, "▁당뇨병": 2, "당뇨병": 7, "▁당뇨": 1})
     assert prefix_counts(words, ["▁당뇨병", "▁당"]) == Counter({"▁당뇨병": 5, "▁당": 6})
