@@ -2,7 +2,9 @@
 
 `prepare_data` finds or builds the caches (once per node, or once in all with
 `prepare_data_per_node: false` on a shared file system) and sets no state;
-`setup` verifies the manifests and memory-maps the rows on every rank.
+`setup` verifies the manifests and memory-maps the rows on every rank. Both ask
+`DataPlan` (plain Python) for the caches of the trainer's stage only: `validate` and
+`test` neither need nor read the training corpus.
 """
 
 from __future__ import annotations
@@ -20,14 +22,15 @@ from torch.utils.data import DataLoader
 from medkor.data.cache import CacheRequest, CacheResult, ensure_caches, open_cache
 from medkor.data.collate import Collator
 from medkor.data.encode import OnLongExample
-from medkor.data.formats import DEFAULT_TEMPLATE, FORMATS, FormatSpec, LossOn
-from medkor.data.leak import LeakCheck, LeakReport, check_sources
+from medkor.data.formats import DEFAULT_TEMPLATE, LossOn
+from medkor.data.leak import LeakReport
+from medkor.data.lock import DEFAULT_TIMEOUT
 from medkor.data.rows import RowsFile
 from medkor.data.loader import ResumableDataLoader
+from medkor.data.plan import DataPlan, stage_of
 from medkor.data.sampler import EpochShuffleSampler
-from medkor.data.sources import DataError, OnBadRecord, Selection, require_train_files, split_files
+from medkor.data.sources import DataError, OnBadRecord
 from medkor.data.mixture import ConcatRows, MixtureSampler, ReplayMix
-from medkor.data.val_sets import parse_replay, parse_val_sets
 from medkor.eval.prompts import PromptStyle
 
 log = logging.getLogger("medkor.data")
@@ -121,6 +124,9 @@ class MedKorDataModule(pl.LightningDataModule):
             (they are still reported).
         leak_ngram: Characters per n-gram of the overlap measure.
         leak_threshold: Share of a question's n-grams found in one record that is reported as overlap.
+        lock_timeout: Seconds a process waits for another process's build of the same cache (on any
+            node) before it stops with a line naming the holder (host, pid, since) and the lock file.
+            A holder that died is taken over without waiting this long (docs/distributed.md). Null: no limit.
     """
 
     def __init__(
@@ -159,92 +165,33 @@ class MedKorDataModule(pl.LightningDataModule):
         allow_eval_overlap: bool = False,
         leak_ngram: int = 13,
         leak_threshold: float = 0.5,
+        lock_timeout: Optional[float] = DEFAULT_TIMEOUT,
     ) -> None:
+        options = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
-        if format not in FORMATS:
-            raise ValueError(f"format {format!r} is not supported; choose one of {', '.join(FORMATS)}")
-        if on_long_example not in ("error", "skip"):
-            raise ValueError(f"on_long_example must be 'error' or 'skip', got {on_long_example!r}")
-        self.spec = FormatSpec(
-            format=format, text_field=text_field, term_field=term_field, definition_field=definition_field,
-            template=template, loss_on=loss_on, prompt_field=prompt_field, completion_field=completion_field,
-            messages_field=messages_field, prompt_style=prompt_style, cot=cot,
-        )
-        self.val_sets = parse_val_sets(val_sets, self.spec)
-        self.replay = parse_replay(replay, self.spec)
+        self.plan = DataPlan.from_options(options)
+        plan = self.plan
+        self.spec, self.val_sets, self.replay = plan.spec, plan.val_sets, plan.replay
         self.replay_mix = (
             ReplayMix(self.replay.ratio, initially_on=self.replay.mode == "fixed") if self.replay is not None else None
         )
-        self.leak_check = LeakCheck(eval_source, eval_split, eval_subsets, leak_ngram, leak_threshold) if eval_source else None
         self.allow_eval_overlap = allow_eval_overlap
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        if max_samples is not None and max_samples < 1:
-            raise ValueError(f"max_samples must be positive, got {max_samples}")
-        if num_proc is not None and num_proc < 1:
-            raise ValueError(f"num_proc must be at least 1 (or null for every usable core), got {num_proc}")
         self.data_dir = data_dir
         self.tokenizer_path = tokenizer_path
         self.format = format
-        self.text_field = text_field
         self.max_length = max_length
-        self.packing = True if packing is None else packing
-        self.on_long_example = on_long_example
-        self.max_samples = max_samples
-        self.cache_dir = cache_dir if cache_dir is not None else str(Path(data_dir) / ".cache")
-        self.overwrite_cache = overwrite_cache
-        self.num_proc = num_proc
+        self.cache_dir = plan.cache_dir
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.val_fraction = val_fraction
         self.seed = seed
-        self.on_bad_record = on_bad_record
         self.prepare_data_per_node = prepare_data_per_node
         self.datasets: dict[str, RowsFile] = {}
         self.pad_token_id = 0
         _ensure_log_handler()
 
-    def cache_requests(self) -> list[CacheRequest]:
-        """One request per split: train, validation from a file or carved from train, test if given."""
-        if not self.tokenizer_path:
-            raise ValueError("data.tokenizer_path is not set (it is linked from model.tokenizer_path)")
-        train = require_train_files(self.data_dir)
-        validation = split_files(self.data_dir, "validation")
-        common = dict(spec=self.spec, on_bad_record=self.on_bad_record, max_samples=self.max_samples, seed=self.seed)
-        selections = {"train": Selection(files=train, **common)}
-        if validation:
-            selections["validation"] = Selection(files=validation, **common)
-        elif self.val_fraction > 0:
-            selections["train"] = Selection(files=train, val_fraction=self.val_fraction, **common)
-            selections["validation"] = Selection(files=train, val_fraction=self.val_fraction, take_validation=True, **common)
-        test = split_files(self.data_dir, "test")
-        if test:
-            selections["test"] = Selection(files=test, **common)
-        if self.replay is not None:
-            selections["replay"] = Selection(
-                files=self.replay.files, spec=self.replay.spec, on_bad_record=self.on_bad_record,
-                max_samples=self.replay.max_samples, seed=self.seed,
-            )
-        for val_set in self.val_sets:
-            selections[val_set.split] = Selection(
-                files=val_set.files, spec=val_set.spec, on_bad_record=self.on_bad_record,
-                max_samples=val_set.max_samples, seed=self.seed,
-            )
-        return [
-            CacheRequest(
-                split=split,
-                selection=selection,
-                data_dir=Path(self.data_dir),
-                cache_dir=Path(self.cache_dir),
-                tokenizer_path=self.tokenizer_path,
-                max_length=self.max_length,
-                packing=self.packing,
-                on_long_example=self.on_long_example,
-                num_proc=self.num_proc,
-                overwrite=self.overwrite_cache,
-            )
-            for split, selection in selections.items()
-        ]
+    def cache_requests(self, stage: str = "fit") -> list[CacheRequest]:
+        """One request per split that `stage` uses (`DataPlan.requests`)."""
+        return self.plan.requests(stage)
 
     def check_leaks(self) -> Optional[LeakReport]:
         """Compare the training records with the evaluation questions and log what overlaps.
@@ -252,30 +199,28 @@ class MedKorDataModule(pl.LightningDataModule):
         Refuses training on the files the evaluation scores (unless `allow_eval_overlap`).
         None without `eval_source`.
         """
-        if self.leak_check is None:
-            return None
-        sources = [(require_train_files(self.data_dir), self.spec)]
-        if self.replay is not None:
-            sources.append((self.replay.files, self.replay.spec))
-        return check_sources(sources, self.leak_check, Path(self.cache_dir), Path(self.data_dir),
-                             self.allow_eval_overlap, log)
+        return self.plan.check_leaks(log)
 
-    def _prepare(self) -> tuple[list[CacheResult], Optional[LeakReport]]:
-        report = self.check_leaks()
-        results = ensure_caches(self.cache_requests())
+    def _stage(self) -> str:
+        # prepare_data gets no stage argument: the trainer's running function says which one
+        return stage_of(self.trainer.state.fn if self.trainer is not None else None)
+
+    def _prepare(self, stage: str) -> tuple[list[CacheResult], Optional[LeakReport]]:
+        report = self.check_leaks() if stage == "fit" else None  # only what trains is scanned
+        results = ensure_caches(self.cache_requests(stage))
         for result in results:
             log.info(describe(result))
         return results, report
 
-    def prepare_caches(self) -> list[CacheResult]:
-        """Find or build every split's cache (all or none published); log how full each one's rows
-        are and any overlap of the training records with the evaluation."""
-        return self._prepare()[0]
+    def prepare_caches(self, stage: str = "fit") -> list[CacheResult]:
+        """Find or build every cache `stage` uses (all or none published); log how full each one's rows
+        are and (fit) any overlap of the training records with the evaluation."""
+        return self._prepare(stage)[0]
 
     def prepare_data(self) -> None:
-        _, report = self._prepare()
-        fitting = self.trainer is None or self.trainer.state.fn in (None, "fit")
-        if report is not None and report.exact and fitting and not self.allow_eval_overlap:
+        stage = self._stage()
+        _, report = self._prepare(stage)
+        if report is not None and report.exact and not self.allow_eval_overlap:
             first = report.exact[0]
             raise DataError(
                 f"{first.where}: holds KorMedMCQA {first.subset} question #{first.index} that the run is scored on "
@@ -284,7 +229,7 @@ class MedKorDataModule(pl.LightningDataModule):
             )
 
     def setup(self, stage: Optional[str] = None) -> None:
-        for request in self.cache_requests():
+        for request in self.cache_requests(stage_of(stage)):
             rows, manifest = open_cache(request)
             self.datasets[request.split] = rows
             self.pad_token_id = manifest["pad_token_id"]

@@ -10,7 +10,9 @@ before it was read, so a write in the same clock tick as the read cannot be miss
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -18,6 +20,8 @@ from typing import Any, Callable, Optional
 import xxhash
 
 from medkor.run.atomic import atomic_write_text
+
+log = logging.getLogger("medkor.data")
 
 MEMO_NAME = "fingerprints.json"
 _RACY_NS = 2_000_000_000  # a change this close before a read is not trusted to be seen
@@ -127,27 +131,46 @@ def tokenizer_state(tokenizer: Any) -> str:
 
 
 def hub_snapshot(repo_id: str) -> Optional[Path]:
-    """The cached snapshot folder `from_pretrained(repo_id)` would load, or None.
-
-    Offline (`HF_HUB_OFFLINE=1`) that is the cached `main`. Online it is the hub's
-    current commit, asked with one request, and None when that commit is not cached
-    yet (loading will download it). An unanswered request falls back to the cached
-    `main`, as loading does.
-    """
+    """The cached snapshot folder of `repo_id`'s `main` in the local hub cache, or None. Never asks the hub."""
     if repo_id.count("/") != 1 or Path(repo_id).exists():
         return None
     try:
-        from huggingface_hub import HfApi, constants, try_to_load_from_cache
+        from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return None
-    revision = None
+    found = try_to_load_from_cache(repo_id, "tokenizer_config.json")
+    return Path(found).parent if isinstance(found, str) else None
+
+
+# the files a tokenizer is loaded from (config.json names the tokenizer class of some checkpoints)
+TOKENIZER_FILES = ["tokenizer*", "special_tokens_map.json", "added_tokens.json", "chat_template*", "*.jinja",
+                   "config.json", "vocab*", "merges*", "*.model", "*.tiktoken"]
+
+
+@functools.lru_cache(maxsize=None)
+def resolve_tokenizer(tokenizer_path: str) -> str:
+    """The local folder a tokenizer is loaded and keyed from, resolved once per process.
+
+    A folder is itself (nothing is asked). A hub id becomes the snapshot folder of the
+    hub's current commit, its tokenizer files downloaded if missing: one question to the
+    hub per process, none with `HF_HUB_OFFLINE=1` (the cached `main`). Without an answer
+    (no network) the cached `main` is used, as loading would; an id the cache does not
+    hold stays as given (loading it then says why it cannot).
+    """
+    if Path(tokenizer_path).expanduser().is_dir() or tokenizer_path.count("/") != 1:
+        return tokenizer_path
+    try:
+        from huggingface_hub import constants, snapshot_download
+    except ImportError:
+        return tokenizer_path
     if not constants.HF_HUB_OFFLINE:
         try:
-            revision = HfApi().model_info(repo_id, timeout=10).sha
-        except Exception:  # no network, gated, unknown: whatever loading would meet, it meets too
-            revision = None
-    found = try_to_load_from_cache(repo_id, "tokenizer_config.json", revision=revision)
-    return Path(found).parent if isinstance(found, str) else None
+            return snapshot_download(tokenizer_path, allow_patterns=TOKENIZER_FILES)
+        except Exception as err:  # noqa: BLE001 - unknown, gated, unreachable: the cached main, or loading's own error
+            log.info("tokenizer %s: the hub did not answer (%s); using the cached snapshot", tokenizer_path,
+                     type(err).__name__)
+    snapshot = hub_snapshot(tokenizer_path)
+    return str(snapshot) if snapshot is not None else tokenizer_path
 
 
 def _tokenizer_files(tokenizer_path: str) -> tuple[Optional[Path], list[Path]]:
@@ -163,8 +186,8 @@ def _tokenizer_files(tokenizer_path: str) -> tuple[Optional[Path], list[Path]]:
 def tokenizer_fingerprint(tokenizer_path: str, memo: FingerprintMemo, load: Callable[[], Any]) -> str:
     """Hash of the tokenizer's content; loads it only when its files changed since last time.
 
-    A hub id is remembered by the files of its cached snapshot; one that is not
-    cached yet is loaded (and so downloaded) to be hashed.
+    A hub id is remembered by the files of its cached `main` snapshot (callers pass the
+    folder `resolve_tokenizer` found); one that is not cached is loaded to be hashed.
     """
     root, files = _tokenizer_files(tokenizer_path)
     if root is None or not files:

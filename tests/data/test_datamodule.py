@@ -66,5 +66,6 @@ def test_test_split_from_its_file_or_else_validation(data_dir, tokenizer_dir):
     dm = MedKorDataModule(data_dir=str(data_dir), tokenizer_path=str(tokenizer_dir), max_length=32)
     results = {r.split: r for r in dm.prepare_caches()}
     assert set(results) == {"train", "validation", "test"} and results["test"].manifest["documents"] == 3
-    dm.setup("test")
-    assert tokens(dm.test_dataloader()) == results["test"].tokens < tokens(dm.val_dataloader())
+    dm.setup("test")  # a test file: only its rows are opened
+    assert tokens(dm.test_dataloader()) == results["test"].tokens < results["validation"].tokens
+    assert set(dm.datasets) == {"test"}
