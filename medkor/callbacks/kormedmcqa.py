@@ -109,6 +109,7 @@ class KorMedMCQAEval(Callback):
         self.evaluations: list[dict[str, Any]] = []
         self._last_fit_step: Optional[int] = None
         self._checkpoint_position: Optional[tuple[int, int]] = None  # (epoch, step) of a loaded checkpoint
+        self._repeats_said = False  # the repeated questions are named once: every evaluation scores the same set
 
     # ---- checkpoint state: the baseline and history survive a resume
     def state_dict(self) -> dict[str, Any]:
@@ -173,6 +174,12 @@ class KorMedMCQAEval(Callback):
                 forward_context=trainer.precision_plugin.forward_context,
             )
         subsets = self.evaluator.subsets
+        question_set = self.evaluator.question_set
+        if not self._repeats_said:
+            self._repeats_said = True
+            repeats = question_set.repeats_line()
+            if repeats:
+                say(trainer, repeats)
         # one sync for both: correct/total and non-finite/total per subset
         nonfinite_keys = {f"nonfinite/{subset}": subset for subset in subsets}
         local = count_correct(records, subsets)
@@ -191,7 +198,8 @@ class KorMedMCQAEval(Callback):
         if standalone and self._checkpoint_position is not None:
             epoch, step = self._checkpoint_position
         name = predictions_filename(stage, epoch, step) if self.write_predictions else None
-        entry = evaluation_entry(stage, epoch, step, counts, seconds, name, nonfinite=nonfinite)
+        entry = evaluation_entry(stage, epoch, step, counts, seconds, name, nonfinite=nonfinite,
+                                 duplicates=question_set.dropped())
         if standalone:
             entry["checkpoint"] = str(trainer.ckpt_path) if trainer.ckpt_path else None
         if entry["nonfinite"]:
@@ -215,11 +223,13 @@ class KorMedMCQAEval(Callback):
                 # for the change it gives, without its predictions file (that lies in the training run)
                 baseline = {**self.baseline, "predictions": None} if self.baseline else None
                 mine = [e for e in self.evaluations if e["stage"] == stage]
-                write_summary(run_dir / "summary.json", settings, baseline, mine)
+                write_summary(run_dir / "summary.json", settings, baseline, mine, questions=question_set.counts())
             else:
-                write_summary(run_dir / "summary.json", settings, self.baseline, self.evaluations)
+                write_summary(run_dir / "summary.json", settings, self.baseline, self.evaluations,
+                              questions=question_set.counts())
             losses = validation_losses(trainer.callback_metrics) if stage == "fit" else None
-            say(trainer, evaluation_line(entry, None if stage == "baseline" else self.baseline, losses))
+            line = evaluation_line(entry, None if stage == "baseline" else self.baseline, losses)
+            say(trainer, line + _repeats_note(entry))
 
         metrics = self._entry_metrics(entry)
         if stage in ("validate", "test"):
@@ -248,6 +258,15 @@ class KorMedMCQAEval(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
             logger.save()  # make the row visible now (CSVLogger buffers otherwise)
+
+
+def _repeats_note(entry: dict[str, Any]) -> str:
+    """`` | 4 repeated questions dropped (doctor 4)`` when the scored set had repeats (n= counts each once)."""
+    dropped = {subset: v.get("duplicates_dropped", 0) for subset, v in entry["subsets"].items()}
+    if not any(dropped.values()):
+        return ""
+    per_subset = ", ".join(f"{subset} {n}" for subset, n in dropped.items() if n)
+    return f" | {sum(dropped.values())} repeated question(s) dropped ({per_subset})"
 
 
 def _model_and_tokenizer(pl_module: pl.LightningModule) -> tuple[Any, Any]:

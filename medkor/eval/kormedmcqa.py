@@ -19,7 +19,7 @@ from medkor.eval.encoding import EncodedQuestion, encode_questions
 from medkor.eval.generation import generate_texts
 from medkor.eval.predictions import generate_records, logprob_records
 from medkor.eval.prompts import PROMPT_STYLES, PromptStyle
-from medkor.eval.questions import HUB_ID, SUBSETS, Question, QuestionError, load_questions
+from medkor.eval.questions import HUB_ID, SUBSETS, Question, QuestionError, QuestionSet, load_question_set, load_questions
 from medkor.eval.scoring import score_logprob
 
 Scoring = Literal["logprob", "generate"]
@@ -90,18 +90,24 @@ class KorMedMCQAEvaluator:
 
     def __init__(self, settings: EvalSettings) -> None:
         self.settings = settings
-        self._questions: Optional[dict[str, list[Question]]] = None
+        self._set: Optional[QuestionSet] = None
         self._shots: Optional[dict[str, list[Question]]] = None
         self._encoded: Optional[tuple[tuple[int, int], list[EncodedQuestion]]] = None
 
     @property
-    def questions(self) -> dict[str, list[Question]]:
-        """Questions by subset (loaded on first use)."""
-        if self._questions is None:
+    def question_set(self) -> QuestionSet:
+        """The questions and what loading found (repeats dropped, files read); loaded on first use."""
+        if self._set is None:
             s = self.settings
-            self._questions = load_questions(s.source, s.subsets, s.split, s.max_samples)
-            self._shots = self._load_shots(list(self._questions))
-        return self._questions
+            loaded = load_question_set(s.source, s.subsets, s.split, s.max_samples)
+            self._shots = self._load_shots(list(loaded.questions))
+            self._set = loaded
+        return self._set
+
+    @property
+    def questions(self) -> dict[str, list[Question]]:
+        """Questions by subset, each once (loaded on first use)."""
+        return self.question_set.questions
 
     @property
     def subsets(self) -> list[str]:

@@ -129,14 +129,18 @@ def evaluation_entry(
     seconds: float,
     predictions: Optional[str],
     nonfinite: Optional[Mapping[str, int]] = None,
+    duplicates: Optional[Mapping[str, int]] = None,
 ) -> dict[str, Any]:
     """One evaluation as stored in the summary and the callback's checkpoint state.
 
     ``nonfinite`` (subset -> questions with non-finite log-probabilities): when any is non-zero,
     every ``acc`` of the entry is ``None`` (no accuracy of a diverged model is reported).
+    ``duplicates`` (subset -> repeated copies of a question that were dropped, so each counts once)
+    goes in as ``duplicates_dropped``, beside ``total`` (the questions scored).
     """
     metrics = accuracy_metrics(counts)
     nonfinite = {subset: int((nonfinite or {}).get(subset, 0)) for subset in counts}
+    dropped = {subset: int((duplicates or {}).get(subset, 0)) for subset in counts}
     diverged = any(nonfinite.values())
     return {
         "stage": stage,
@@ -145,12 +149,13 @@ def evaluation_entry(
         "acc": None if diverged else metrics[f"{METRIC_PREFIX}/acc"],
         "subsets": {
             subset: {"acc": None if diverged else metrics[f"{METRIC_PREFIX}/{subset}/acc"], "correct": c, "total": t,
-                     "nonfinite": nonfinite[subset]}
+                     "nonfinite": nonfinite[subset], "duplicates_dropped": dropped[subset]}
             for subset, (c, t) in counts.items()
         },
         "correct": sum(c for c, _ in counts.values()),
         "total": sum(t for _, t in counts.values()),
         "nonfinite": sum(nonfinite.values()),
+        "duplicates_dropped": sum(dropped.values()),
         "seconds": seconds,
         "predictions": predictions,
     }
@@ -179,11 +184,15 @@ def write_summary(
     settings: Mapping[str, Any],
     baseline: Optional[Mapping[str, Any]],
     evaluations: Sequence[Mapping[str, Any]],
+    questions: Optional[Mapping[str, Any]] = None,
 ) -> Path:
-    """Write the summary JSON: settings, baseline, every evaluation with its change since the baseline."""
+    """Write the summary JSON: settings, the question set (``QuestionSet.counts``: per subset the
+    questions scored, repeated copies dropped, the files read), baseline, every evaluation with its
+    change since the baseline."""
     evaluated = [with_change(entry, baseline) for entry in evaluations]
     summary = {
         "settings": dict(settings),
+        "questions": dict(questions) if questions is not None else None,
         "baseline": dict(baseline) if baseline is not None else None,
         "evaluations": evaluated,
         "latest": evaluated[-1] if evaluated else None,

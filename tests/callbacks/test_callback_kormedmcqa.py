@@ -173,3 +173,40 @@ def test_every_n_steps_and_generate_scoring(tmp_path, tokenizer, sample_dir):
 
     assert main([str(run), "--out", str(tmp_path / "p.png")]) == 0
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_repeated_questions_count_once_and_are_named_in_the_summary_and_the_lines(tmp_path, tokenizer, capsys):
+    from tests.eval.tiny_lm import write_jsonl, write_sample
+
+    source = write_sample(tmp_path / "set", sizes={"doctor": 3, "nurse": 2, "pharm": 2, "dentist": 2})
+    doctor = source / "doctor" / "test.jsonl"
+    records = [json.loads(line) for line in doctor.read_text(encoding="utf-8").splitlines()]
+    write_jsonl(doctor, records + [records[0]] * 4)  # the first question five times
+    fit = trainer(tmp_path, 1, [KorMedMCQAEval(source=str(source), batch_size=4)])
+    fit.fit(TinyModule(tokenizer), loader(tokenizer))
+    run = tmp_path / "run" / "version_0" / "kormedmcqa"
+
+    assert len(read_jsonl(run / "baseline-epoch000-step0000000.jsonl")) == 9  # 3 + 2 + 2 + 2: each question once
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    assert summary["questions"]["doctor"] == {"count": 3, "duplicates_dropped": 4, "files": [str(doctor)]}
+    assert summary["questions"]["nurse"]["count"] == 2 and summary["questions"]["nurse"]["duplicates_dropped"] == 0
+    for entry in (summary["baseline"], summary["latest"]):
+        assert entry["total"] == 9 and entry["duplicates_dropped"] == 4
+        assert entry["subsets"]["doctor"]["total"] == 3 and entry["subsets"]["doctor"]["duplicates_dropped"] == 4
+    out = capsys.readouterr().out
+    named = [line for line in out.splitlines() if "repeated question(s) counted once" in line]
+    assert len(named) == 1 and f"{doctor}:1 again at :4, :5, :6, :7" in named[0]  # once, not per evaluation
+    lines = [line for line in out.splitlines() if line.startswith("[medkor] KorMedMCQA ")]
+    assert len(lines) == 2 and all("doctor" in line and "n=3" in line for line in lines)
+    assert all(line.endswith("| 4 repeated question(s) dropped (doctor 4)") for line in lines)
+
+
+def test_an_empty_subset_stops_the_run_with_its_file_named(tmp_path, tokenizer):
+    from medkor.eval.questions import QuestionError
+    from tests.eval.tiny_lm import write_sample
+
+    source = write_sample(tmp_path / "set", sizes={"doctor": 2, "nurse": 2, "pharm": 2, "dentist": 2})
+    (source / "doctor" / "test.jsonl").write_text("", encoding="utf-8")
+    fit = trainer(tmp_path, 1, [KorMedMCQAEval(source=str(source))])
+    with pytest.raises(QuestionError, match=rf"^{source / 'doctor' / 'test.jsonl'}: no questions for subset 'doctor'"):
+        fit.fit(TinyModule(tokenizer), loader(tokenizer))

@@ -35,8 +35,8 @@ def test_entries_with_non_finite_questions_have_no_accuracy_and_no_change(tmp_pa
 
     diverged = evaluation_entry("fit", 0, 10, {"doctor": (0, 4), "nurse": (2, 4)}, 1.0, "f.jsonl", nonfinite={"doctor": 4})
     assert diverged["acc"] is None and diverged["nonfinite"] == 4
-    assert diverged["subsets"] == {"doctor": {"acc": None, "correct": 0, "total": 4, "nonfinite": 4},
-                                   "nurse": {"acc": None, "correct": 2, "total": 4, "nonfinite": 0}}
+    assert diverged["subsets"] == {"doctor": {"acc": None, "correct": 0, "total": 4, "nonfinite": 4, "duplicates_dropped": 0},
+                                   "nurse": {"acc": None, "correct": 2, "total": 4, "nonfinite": 0, "duplicates_dropped": 0}}
     later = evaluation_entry("fit", 1, 20, counts, 1.0, "g.jsonl")
     summary = json.loads(write_summary(tmp_path / "s.json", {}, finite, [diverged, later]).read_text(encoding="utf-8"))
     assert summary["evaluations"][0]["acc"] is None and summary["evaluations"][0]["change"] is None
