@@ -10,6 +10,7 @@ extended model is written, so the extended base is prepared once and reused.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -60,6 +61,63 @@ def load_checkpoint(module: Any, path: str) -> None:
     module.load_state_dict(checkpoint["state_dict"], strict=module.strict_loading)
 
 
+def weights_size(model: Any, dtype: Any = None) -> int:
+    """Bytes the model's weights take on disk (shared tensors once), in `dtype` if given."""
+    total = 0
+    for param in model.parameters():
+        itemsize = dtype.itemsize if dtype is not None and param.is_floating_point() else param.element_size()
+        total += param.numel() * itemsize
+    return total
+
+
+def check_free_space(out: Path, needed: int) -> None:
+    """Refuse before writing when the file system of `out` has clearly too little room."""
+    import shutil
+
+    from medkor.run.atomic import human_size
+    from medkor.run.export_folder import ExportFolderError
+
+    folder = out.parent if not out.exists() else out
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise ExportFolderError(
+            f"--out {out}: the export needs about {human_size(needed)} and only {human_size(free)} is free on the "
+            f"file system of {folder}; free space or choose --out on a larger disk")
+
+
+def no_space_left(err: BaseException) -> bool:
+    """True when `err` (or what it was raised from) is a full disk or quota: an OSError or safetensors' error text."""
+    import errno
+
+    seen: set[int] = set()
+    current: Optional[BaseException] = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+            return True
+        text = str(current)
+        if os.strerror(errno.ENOSPC) in text or f"os error {errno.ENOSPC})" in text:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def no_space_message(out: Path) -> str:
+    import shutil
+
+    from medkor.run.atomic import human_size
+
+    try:
+        free = f"{human_size(shutil.disk_usage(out.parent).free)} free"
+    except OSError:
+        free = "free space unknown"
+    return (f"--out {out}: no space left on the device while writing the export beside it ({free} on the file "
+            f"system of {out.parent}); free space or choose --out on a larger disk. {out} is unchanged and the "
+            "partial export was removed")
+
+
 def main(argv: list[str]) -> int:
     args, rest = _parser().parse_known_args(argv)
     if not args.config and not any(a.startswith("--model.") for a in rest):
@@ -96,9 +154,15 @@ def main(argv: list[str]) -> int:
             load_checkpoint(module, args.ckpt_path)
         dtype: Optional[torch.dtype] = getattr(torch, args.dtype) if args.dtype else None
         source = Path(kwargs["model_name_or_path"])
+        check_free_space(out, weights_size(module.model, dtype))
         staging = staging_folder(out)
-        export_folder(module.model, module.tokenizer, staging, dtype=dtype,
-                      processor_source=source if source.is_dir() else None)
+        try:
+            export_folder(module.model, module.tokenizer, staging, dtype=dtype,
+                          processor_source=source if source.is_dir() else None)
+        except Exception as err:  # noqa: BLE001 - a full disk is reported whatever raised it (safetensors too)
+            if no_space_left(err):
+                raise ExportFolderError(no_space_message(out)) from err
+            raise
         files = publish_export(staging, out, args.overwrite)
         staging = None
     except (ConfigError, OSError, ValueError, RuntimeError) as err:

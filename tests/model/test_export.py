@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+
+import pytest
 import torch
 from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3ForConditionalGeneration
 
@@ -109,3 +112,93 @@ def test_export_command_reports_a_bad_checkpoint(assets, tmp_path, capsys):
     code = export_command.main(["--config", str(config), "--ckpt_path", str(tmp_path / "bad.ckpt"),
                                 "--out", str(tmp_path / "x")])
     assert code == 1 and "medkor export: error" in capsys.readouterr().err
+
+
+def _earlier_export(out, user_file=True):
+    """A folder as an earlier export left it, with a file of the user's beside it."""
+    out.mkdir()
+    (out / "config.json").write_text('{"old": true}')
+    (out / "model.safetensors").write_bytes(b"old weights")
+    (out / ".medkor-export.json").write_text('{"files": ["config.json", "model.safetensors"]}\n')
+    if user_file:
+        (out / "README.md").write_text("my notes")
+    return {p.name: p.read_bytes() for p in out.iterdir()}
+
+
+def test_a_full_disk_during_the_export_is_one_line_naming_the_folder_and_the_old_export_stays(
+    assets, tmp_path, capsys, monkeypatch
+):
+    import transformers.modeling_utils as modeling_utils
+    from safetensors import SafetensorError
+
+    def full_disk(*args, **kwargs):  # what safetensors raises when the write hits ENOSPC
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(modeling_utils, "safe_save_file", full_disk)
+    out = tmp_path / "export"
+    before = _earlier_export(out)
+    config = _config(tmp_path, assets, trainable="embeddings")
+    assert export_command.main(["--config", str(config), "--out", str(out), "--overwrite"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"medkor export: error: --out {out}: no space left on the device while writing the export")
+    assert re.search(r"\(\d+(\.\d)? (B|KiB|MiB|GiB|TiB) free on the file system of ", err), err
+    assert f"{out} is unchanged" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".export")) == []
+
+
+def test_too_little_free_space_is_refused_before_writing_in_readable_units(assets, tmp_path, capsys, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 3000, 3000))
+    config = _config(tmp_path, assets, trainable="embeddings")
+    assert export_command.main(["--config", str(config), "--out", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"--out \S+/x: the export needs about \d+\.\d KiB and only 2\.9 KiB is free on the file system "
+                     r"of \S+; free space or choose --out on a larger disk", err), err
+    assert "0.00 GiB" not in err and not (tmp_path / "x").exists()
+
+
+def test_a_symbolic_link_or_the_working_folder_as_out_is_refused_before_loading(tmp_path, capsys, monkeypatch):
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    config = tmp_path / "run.yaml"
+    config.write_text("model:\n  model_name_or_path: nowhere\n")
+    monkeypatch.chdir(real)
+    for out in (str(tmp_path / "link"), ".", str(tmp_path)):
+        assert export_command.main(["--config", str(config), "--out", out, "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and ("is a symbolic link" in err or "is the working folder or one above" in err)
+    assert (tmp_path / "link").is_symlink() and list(real.iterdir()) == []
+
+
+def test_export_overwrite_keeps_the_users_files_and_a_kill_before_the_swap_keeps_the_old_export(
+    assets, tmp_path, monkeypatch
+):
+    from medkor.run import publish
+
+    out = tmp_path / "export"
+    before = _earlier_export(out)
+    config = _config(tmp_path, assets, trainable="embeddings")
+
+    class Killed(BaseException):
+        """Stands for SIGKILL in-process: nothing after the named step runs (the process-level kills of every
+        step are in tests/run/test_publish.py)."""
+
+    def die_at(name):
+        if name == "staged":
+            raise Killed
+
+    monkeypatch.setattr(publish, "kill_point", die_at)
+    with pytest.raises(Killed):
+        export_command.main(["--config", str(config), "--out", str(out), "--overwrite"])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    monkeypatch.undo()
+    assert export_command.main(["--config", str(config), "--out", str(out), "--overwrite"]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"README.md", "model.safetensors", "config.json", "tokenizer.json", ".medkor-export.json"} <= names
+    assert (out / "README.md").read_text() == "my notes" and b"old" not in (out / "config.json").read_bytes()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".export")] == []
