@@ -7,8 +7,11 @@ here; the commands that need none of them never import this module.
 
 from __future__ import annotations
 
+import ast
+import difflib
 import logging
 import re
+import shlex
 import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -27,11 +30,12 @@ from medkor.callbacks.finite_guard import NonFiniteLossError
 from medkor.callbacks.preemption import Preempted, SaveOnPreemption
 from medkor.callbacks.run_report import RunReport
 from medkor.callbacks.run_state import ResumeState
-from medkor.checks import ConfigError, check_run_config, check_run_paths
+from medkor.checks import ConfigError, check_fit_config, check_run_config, check_run_paths
 from medkor.data import MedKorDataModule
 from medkor.model import MedGemmaModule
 from medkor.run.folders import discard_if_unused, find_last_checkpoint, version_of_checkpoint
 from medkor.run.loggers import assign_versions, continue_history, stage_subfolder, versioned_groups
+from medkor.run.run_lock import RunLock, check_launch_lock
 
 # Lightning's start-up lines that tell a medkor user nothing (the accelerator is in the config)
 _NOISE = ("GPU available:", "TPU available:", "HPU available:", "💡 Tip:", "Loading `train_dataloader` to estimate",
@@ -56,11 +60,43 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
 
 
+def _literal_values(message: str) -> list[str]:
+    """The allowed values of every `typing.Literal[...]` a jsonargparse message names, in order, once each."""
+    values: list[str] = []
+    for inner in re.findall(r"typing\.Literal\[([^\]]*)\]", message):
+        try:
+            values.extend(str(v) for v in ast.literal_eval(f"[{inner}]"))
+        except (ValueError, SyntaxError):
+            continue
+    return list(dict.fromkeys(values))
+
+
 def parser_error_line(message: str) -> str:
-    """jsonargparse's multi-line message about one option, as one line naming the option."""
+    """jsonargparse's multi-line message about one option, as one line naming the option.
+
+    A value outside a fixed set lists the set; a `class_path` that names no subclass of
+    what the option takes (a callback that is no `Callback`), or a class that refuses its
+    arguments, is named with the reason, never with the whole parsed list around it.
+    """
     key = re.search(r'Parser key "([^"]+)"', message)
     given = re.search(r"Given value: (.*)", message)
     expected = re.findall(r"Expected a <class '([\w.]+)'>", message)
+    if key:
+        value = given.group(1).strip() if given else ""
+        plain = value if len(value) <= 80 and not value.startswith(("[", "{", "Namespace(")) else ""
+        not_sub = re.search(r"Import path (?:(\S+) )?does not correspond to a subclass of (\w+)", message)
+        if not_sub:
+            what = not_sub.group(1) or plain or "the class_path"
+            return (f"--{key.group(1)}: {what} is not a {not_sub.group(2)}; a class_path there must name a "
+                    f"subclass of {not_sub.group(2)}")
+        refused = re.search(r"Problem with given class_path '([^']+)':\s*\n\s*(.+)", message)
+        if refused:
+            return f"--{key.group(1)}: {refused.group(1)}: {refused.group(2).strip()}"
+        allowed = _literal_values(message)
+        if allowed:
+            null = " or null" if "NoneType" in message else ""
+            got = f", got {plain!r}" if plain else ""
+            return f"--{key.group(1)}: expected one of {', '.join(allowed)}{null}{got}"
     if key and (given or expected):
         want = " or ".join(dict.fromkeys("null" if t == "NoneType" else t for t in expected)) or "another value"
         got = f", got {given.group(1).strip()!r}" if given else ""
@@ -69,6 +105,26 @@ def parser_error_line(message: str) -> str:
         return f"--{key.group(1)}: {' '.join(message[key.end():].split()).lstrip(': ')}"
     lines = [line.strip(" -") for line in message.splitlines() if line.strip()]
     return "; ".join(lines[:3])
+
+
+def unknown_option_hint(message: str, parsers: Sequence[Any]) -> str:
+    """For "unrecognized arguments: --model.learn 0.5": the options meant, as "; did you mean ...?" (or "")."""
+    found = re.search(r"unrecognized arguments: (.*)", message)
+    if not found:
+        return ""
+    known = sorted({o for p in parsers for a in p._actions for o in a.option_strings if o.startswith("--")})
+    prefixed, similar = [], []
+    for arg in found.group(1).split():
+        name = arg.split("=", 1)[0]
+        if not name.startswith("--") or name in known:
+            continue
+        longer = [o for o in known if o.startswith(name)][:3]
+        prefixed.extend(longer)
+        similar.extend([] if longer else difflib.get_close_matches(name, known, n=1, cutoff=0.8))
+    meant = " or ".join(dict.fromkeys(prefixed + similar))
+    if not meant:
+        return ""
+    return f"; {'options are never abbreviated: ' if prefixed else ''}did you mean {meant}?"
 
 
 def tokenizer_path_for(model_name_or_path: str, tokenizer_path: Optional[str]) -> str:
@@ -86,10 +142,16 @@ class MedKorCLI(LightningCLI):
     """
 
     claimed: list[Path] = []  # run folders this process created (removed again if the start fails)
+    locks: list[RunLock] = []  # run folders this process writes into, locked until the run ends
+    command: str = "medkor"  # the command line, recorded in the lock
+    parsers: list[LightningArgumentParser] = []
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         kwargs.setdefault("exit_on_error", False)  # one line (run_cli), not an 80-line usage dump
-        return super().init_parser(**kwargs)
+        kwargs.setdefault("allow_abbrev", False)  # `--model.learn` must not quietly mean --model.learning_rate
+        parser = super().init_parser(**kwargs)
+        MedKorCLI.parsers.append(parser)  # their options name the one meant when an unknown one is given
+        return parser
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
@@ -138,6 +200,8 @@ class MedKorCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self._config_of_subcommand()
         check_run_config(config)
+        if self.subcommand == "fit":
+            check_fit_config(config)  # before a run folder is made for a run that trains nothing
         check_run_paths(config)
         threads = config.get("cpu_threads")
         if threads:
@@ -205,9 +269,19 @@ class MedKorCLI(LightningCLI):
         if checkpoint is not None:
             self._check_data_position(Path(ckpt), checkpoint)  # before anything in the run folder changes
         if not trainer.is_global_zero:
+            check_launch_lock()  # the lock rank zero took is still this launch's
             return  # only rank zero writes logs; checkpoint folders are broadcast from it
         chosen = assign_versions(trainer.loggers, keep)
         MedKorCLI.claimed.extend(root / f"version_{n}" for root, n in chosen.items() if (root, n) != keep)
+        for folder in [root / f"version_{n}" for root, n in chosen.items()]:
+            # one writer per run folder, taken before any of its files changes (a second resume stops here)
+            folder.mkdir(parents=True, exist_ok=True)  # (a logger's fixed version may not exist yet)
+            fresh = not any(folder.iterdir())
+            lock = RunLock(folder, MedKorCLI.command)
+            lock.acquire(say=lambda line: rank_zero_info(f"[medkor] {line}"))
+            MedKorCLI.locks.append(lock)
+            if fresh:  # the CSV logger's "not empty, files will be deleted" would be about the lock alone
+                warnings.filterwarnings("ignore", message=re.escape(f"Experiment logs directory {folder} exists"))
         if keep is not None:
             step = int(checkpoint.get("global_step", 0)) if checkpoint is not None else None
             dropped = continue_history(trainer.loggers, step)
@@ -246,7 +320,8 @@ class _ParseOnlyCLI(MedKorCLI):
 def run_cli(args: Sequence[str], from_argv: bool = False) -> MedKorCLI:
     """Run `medkor fit|validate|test ARGS`; a bad option value raises one `ConfigError` line."""
     _quiet_lightning()
-    MedKorCLI.claimed = []
+    MedKorCLI.claimed, MedKorCLI.locks, MedKorCLI.parsers = [], [], []
+    MedKorCLI.command = shlex.join(["medkor", *args])
     try:
         return MedKorCLI(
             MedGemmaModule,
@@ -256,11 +331,20 @@ def run_cli(args: Sequence[str], from_argv: bool = False) -> MedKorCLI:
             auto_configure_optimizers=False,
         )
     except ArgumentError as err:
-        raise ConfigError(f"{parser_error_line(str(err))} (`medkor {(list(args) or ['fit'])[0]} --help`)") from err
+        hint = unknown_option_hint(str(err), MedKorCLI.parsers)
+        raise ConfigError(f"{parser_error_line(str(err))}{hint} (`medkor {(list(args) or ['fit'])[0]} --help`)") from err
     except BaseException:
+        _release_locks()
         for folder in MedKorCLI.claimed:  # a start that failed leaves no near-empty run folder behind
             discard_if_unused(folder)
         raise
+    finally:
+        _release_locks()
+
+
+def _release_locks() -> None:
+    while MedKorCLI.locks:
+        MedKorCLI.locks.pop().release()
 
 
 def parse_run_config(args: Sequence[str]) -> Any:
@@ -269,6 +353,7 @@ def parse_run_config(args: Sequence[str]) -> Any:
     Commands such as `prepare` and `export` accept the same `--config` files and
     `--section.key value` overrides as `fit`; this gives them the same view of it.
     """
+    MedKorCLI.parsers = []
     try:
         cli = _ParseOnlyCLI(
             MedGemmaModule,
@@ -279,5 +364,5 @@ def parse_run_config(args: Sequence[str]) -> Any:
             auto_configure_optimizers=False,
         )
     except ArgumentError as err:
-        raise ConfigError(parser_error_line(str(err))) from err
+        raise ConfigError(parser_error_line(str(err)) + unknown_option_hint(str(err), MedKorCLI.parsers)) from err
     return cli.config
