@@ -72,8 +72,32 @@ def _at_least(config: Any, key: str, low: float, hint: str, allow_none: bool = T
         raise ConfigError(f"{key} must be >= {low:g}, got {value!r} ({hint})")
 
 
+# Lightning's `Trainer(precision=...)` values (tests/test_cli.py holds this to Lightning's own list)
+PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true", "transformer-engine",
+              "transformer-engine-float16", "64", "32", "16", "bf16")
+
+
+def _check_precision(config: Any) -> None:
+    value = _get(config, "trainer.precision")
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and str(value) in PRECISIONS):
+        return
+    if not isinstance(value, str) or value not in PRECISIONS:
+        raise ConfigError(f"trainer.precision {value!r} is not a precision: use one of {', '.join(PRECISIONS)}")
+
+
+def check_fit_config(config: Any) -> None:
+    """Raise `ConfigError` for a `fit` config that would train nothing (and leave an empty run folder)."""
+    for key, hint in (("trainer.max_epochs", "use 1 or more, or -1 for no limit (max_steps then ends the run)"),
+                      ("trainer.max_steps", "use 1 or more, or -1 for no limit"),
+                      ("trainer.limit_train_batches", "use a fraction above 0 or a number of batches of 1 or more")):
+        value = _get(config, key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:
+            raise ConfigError(f"{key} {value!r} trains nothing: {hint}")
+
+
 def check_run_config(config: Any) -> None:
     """Raise `ConfigError` for the first value of a `fit`/`validate`/`test` config that cannot work."""
+    _check_precision(config)
     _at_least(config, "trainer.accumulate_grad_batches", 1, "micro-batches per optimizer step; 1 = no accumulation")
     _at_least(config, "trainer.max_epochs", -1, "-1 = no limit")
     _at_least(config, "trainer.max_steps", -1, "-1 = no limit")
@@ -232,12 +256,15 @@ def check_run_paths(config: Any) -> None:
                           "by `medkor fit` (fit also takes `last`: the newest last.ckpt under the logger's folder)")
 
 
-def check_quickly(args: list[str], paths: bool = True) -> None:
-    """`check_run_config` (and `check_run_paths`) on `quick_config(args)`; nothing when it cannot be read quickly."""
+def check_quickly(args: list[str], paths: bool = True, command: Optional[str] = None) -> None:
+    """`check_run_config` (and `check_run_paths`, and for `fit` `check_fit_config`) on `quick_config(args)`;
+    nothing when it cannot be read quickly."""
     config = quick_config(args)
     if config is None:
         return
     check_run_config(config)
+    if command == "fit":
+        check_fit_config(config)
     if paths:
         check_run_paths(config)
 

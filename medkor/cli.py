@@ -84,7 +84,7 @@ def _quick_check(command: str, args: list[str]) -> Optional[int]:
     if os.environ.get(DEBUG_ENV):
         return None
     try:
-        check_quickly(args[1:])
+        check_quickly(args[1:], command=command)
     except ConfigError as err:
         print(f"medkor {command}: error: {one_line(err)}", file=sys.stderr)
         return 2
