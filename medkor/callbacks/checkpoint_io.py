@@ -7,7 +7,11 @@ never leaves a partial file under a checkpoint's name, and never harms the file
 already there (`last.ckpt` being overwritten keeps its previous content). Failures
 are raised as `OSError`s naming the checkpoint, the cause and what to do.
 
-Loading: always `torch.load(..., weights_only=True)`, which rebuilds tensors,
+Loading: first the CRC-32 of every record of the archive is checked
+(`medkor.run.zip_crc`; `torch.load` never checks them), so a file whose bytes
+changed after it was written (a flipped bit inside a tensor loads as a slightly
+different number) is refused by name, with what to do, before anything trains on
+it. Then always `torch.load(..., weights_only=True)`, which rebuilds tensors,
 containers and primitive values only, plus the few plain classes that medkor puts
 into checkpoints (`allow_medkor_checkpoint_types`, applied on import). A request for
 `weights_only=False` is refused with an error rather than silently honoured or
@@ -30,6 +34,7 @@ Remote paths (`s3://...`) are saved and loaded by Lightning's `TorchCheckpointIO
 
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
 import pickle
@@ -43,10 +48,14 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from medkor.run.atomic import atomic_write
+from medkor.run.zip_crc import ZipCrcError, check_zip_crcs
 
 _UNSAFE_GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
 _ELSEWHERE = ("save checkpoints to a folder on a larger disk (ModelCheckpoint's dirpath, or the trainer's "
               "default_root_dir)")
+
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointLoadError(ValueError):
@@ -103,15 +112,54 @@ def _load_error(path: _PATH, err: BaseException) -> CheckpointLoadError:
     return CheckpointLoadError(f"{where}: cannot read the checkpoint: {reason} ({size} bytes; {detail}).")
 
 
+def _other_checkpoints(path: Path, limit: int = 3) -> list[str]:
+    try:
+        others = [p for p in path.parent.glob("*.ckpt") if p.name != path.name and p.is_file()]
+    except OSError:
+        return []
+    return [p.name for p in sorted(others, key=lambda p: p.stat().st_mtime, reverse=True)[:limit]]
+
+
+def verify_checkpoint_file(path: _PATH) -> None:
+    """Refuse a local checkpoint whose bytes changed since `torch.save` wrote them (record CRC-32s).
+
+    A file that is no zip archive at all is left to `torch.load`, whose error says
+    what it is (truncated, empty, not a checkpoint). A file written without CRCs is
+    loaded with a warning.
+
+    Raises:
+        CheckpointLoadError: a record fails its CRC-32 check; the message names the file,
+            the record and what to do.
+    """
+    where = os.fspath(path)
+    try:
+        checked = check_zip_crcs(where)
+    except ZipCrcError as err:
+        if err.record is None:
+            return  # not an archive: torch.load names the problem
+        others = _other_checkpoints(Path(where))
+        nearby = f" (in {Path(where).parent}: {', '.join(others)})" if others else ""
+        raise CheckpointLoadError(
+            f"{where}: the checkpoint is damaged and was not loaded: {err} (a disk, copy or memory error, not a "
+            f"training problem). Resume from an earlier checkpoint{nearby}, or copy the file again from where it "
+            "came from."
+        ) from None
+    if not checked:
+        log.warning("%s: written without CRC-32s (torch's compute_crc32 off): its bytes cannot be checked", where)
+
+
 def load_checkpoint_file(path: _PATH, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
     """`torch.load(path, weights_only=True)` with medkor's types allowed, and one-paragraph errors.
 
     `mmap=True` maps the tensors from the file instead of reading them (for a look at
     the hyperparameters of a large checkpoint without holding all of it in memory).
+    Every record's CRC-32 is checked first (`verify_checkpoint_file`; once per file and
+    process).
 
     Raises:
         FileNotFoundError: no file at `path`.
-        CheckpointLoadError: truncated, not a checkpoint, or holding a type that is not safe to rebuild.
+        CheckpointLoadError: damaged (a CRC-32 differs), truncated, not a checkpoint, or holding a type that is
+            not safe to rebuild.
     """
     where = os.fspath(path)
     if os.path.isdir(where):
@@ -121,6 +169,7 @@ def load_checkpoint_file(path: _PATH, map_location: Any = "cpu", mmap: bool = Fa
         )
     if not os.path.exists(where):
         raise FileNotFoundError(f"{where}: checkpoint not found")
+    verify_checkpoint_file(where)
     try:
         return torch.load(where, map_location=map_location, weights_only=True, mmap=mmap)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError,

@@ -244,3 +244,55 @@ def test_export_refuses_a_malicious_checkpoint(tmp_path, demo_model_path, demo_e
     err = capsys.readouterr().err
     assert code == 1 and "medkor export: error" in err and "refused" in err and str(path) in err
     assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+# ---- damaged files ---------------------------------------------------------------------------------------------
+
+def _flip_mantissa_bits(source: Path, target: Path) -> str:
+    """A copy of `source` with the lowest mantissa bit of a few float32 values of its largest tensor flipped."""
+    from medkor.run.zip_crc import _records
+
+    record = max((r for r in _records(str(source)) if "/data/" in r.name), key=lambda r: r.size)
+    data = bytearray(source.read_bytes())
+    for k in range(4):  # little-endian float32: the first byte holds the lowest mantissa bits
+        data[record.offset + 4 * (k * 97 % (record.size // 4))] ^= 0x01
+    target.write_bytes(bytes(data))
+    return record.name
+
+
+def test_flipped_mantissa_bits_are_refused_in_one_line(fitted, tmp_path):
+    damaged = tmp_path / "last.ckpt"
+    shutil.copy(fitted["path"], tmp_path / "epoch0.ckpt")
+    record = _flip_mantissa_bits(fitted["dir"] / "last.ckpt", damaged)
+    # torch itself loads it: the values are merely different
+    assert torch.load(damaged, weights_only=True, map_location="cpu")["state_dict"]
+    for load in (lambda: load_checkpoint_file(damaged), lambda: load_checkpoint_file(damaged, mmap=True),
+                 lambda: AtomicCheckpointIO().load_checkpoint(damaged)):
+        with pytest.raises(CheckpointLoadError) as info:
+            load()
+        text = str(info.value)
+        assert text.startswith(f"{damaged}: the checkpoint is damaged") and "\n" not in text, text
+        assert record in text and "CRC-32" in text
+        assert "Resume from an earlier checkpoint" in text and "epoch0.ckpt" in text
+    # the undamaged original still loads (and is checked once per process)
+    assert load_checkpoint_file(fitted["dir"] / "last.ckpt")["state_dict"]
+
+
+def test_resume_and_export_refuse_a_damaged_checkpoint_before_training(
+        fitted, tmp_path, demo_model_path, demo_extended_tokenizer_path, capsys):
+    damaged = tmp_path / "damaged.ckpt"
+    _flip_mantissa_bits(fitted["path"], damaged)
+    module = _module(demo_model_path, demo_extended_tokenizer_path)
+    trainer = _trainer(tmp_path, 2, [ModelCheckpoint(dirpath=tmp_path / "ckpt")])
+    with pytest.raises(CheckpointLoadError, match="damaged"):
+        trainer.fit(module, train_dataloaders=_batches(module.tokenizer), ckpt_path=str(damaged))
+    assert trainer.global_step == 0 and not (tmp_path / "ckpt").exists()
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model:\n  model_name_or_path: {demo_model_path}\n"
+                      f"  tokenizer_path: {demo_extended_tokenizer_path}\n  trainable: embeddings+lora\n"
+                      f"  lora:\n    r: 2\n    alpha: 4\n    target_modules: [q_proj, v_proj]\n"
+                      f"data:\n  data_dir: {tmp_path}\n", encoding="utf-8")
+    code = export_command.main(["--config", str(config), "--ckpt_path", str(damaged), "--out", str(tmp_path / "out")])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("medkor export: error:")]
+    assert code == 1 and len(errors) == 1, errors
+    assert str(damaged) in errors[0] and "damaged" in errors[0] and not (tmp_path / "out").exists()
