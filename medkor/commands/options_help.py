@@ -11,6 +11,7 @@ import ast
 import re
 import textwrap
 from pathlib import Path
+from typing import Any
 
 
 def _args_section(doc: str) -> dict[str, str]:
@@ -61,6 +62,45 @@ def class_options(source: Path, class_name: str) -> list[tuple[str, str, str]]:
     return [(a.arg, _default(d, constants) if d is not None else "required", helps.get(a.arg, "")) for a, d in zip(args, defaults)]
 
 
+_UNSET = object()
+
+
+def class_defaults(source: Path, class_name: str) -> dict[str, Any]:
+    """Name -> default value of every `__init__` argument of `class_name` whose default is a literal
+    (or a module constant holding one); arguments without one are left out."""
+    tree = ast.parse(source.read_text(encoding="utf-8"))
+    constants = _constants(tree, source)
+    init = _init_of(tree, class_name)
+    args = init.args.args[1:]
+    defaults: list[Any] = [None] * (len(args) - len(init.args.defaults)) + list(init.args.defaults)
+    out: dict[str, Any] = {}
+    for arg, node in zip(args, defaults):
+        if node is None:
+            continue
+        if isinstance(node, ast.Name) and node.id in constants:
+            node = constants[node.id]
+        try:
+            out[arg.arg] = ast.literal_eval(node)
+        except ValueError:
+            continue
+    return out
+
+
+def class_annotations(source: Path, class_name: str) -> dict[str, str]:
+    """Name -> annotation text (`Optional[int]`, `str`, ...) of every `__init__` argument of `class_name`."""
+    init = _init_of(ast.parse(source.read_text(encoding="utf-8")), class_name)
+    return {a.arg: ast.unparse(a.annotation) if a.annotation is not None else "" for a in init.args.args[1:]}
+
+
+def _init_of(tree: ast.Module, class_name: str) -> ast.FunctionDef:
+    cls = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == class_name)
+    return next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+
+
+def datamodule_source() -> Path:
+    return Path(__file__).resolve().parent.parent / "data" / "datamodule.py"
+
+
 def format_options(prefix: str, options: list[tuple[str, str, str]], skip: tuple[str, ...] = ()) -> str:
     lines = []
     for name, default, text in options:
@@ -73,6 +113,6 @@ def format_options(prefix: str, options: list[tuple[str, str, str]], skip: tuple
 
 def data_options_help() -> str:
     """The `--data.*` options of a run config, as `medkor prepare --help` lists them."""
-    source = Path(__file__).resolve().parent.parent / "data" / "datamodule.py"
+    source = datamodule_source()
     # tokenizer_path is linked from model.tokenizer_path; the other linked or model options are not read here
     return format_options("data", class_options(source, "MedKorDataModule"), skip=("tokenizer_path",))

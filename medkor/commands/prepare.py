@@ -3,13 +3,20 @@
 Reads the same config files and `--section.key value` overrides as `medkor fit`,
 loads neither a model nor a GPU, and prints one JSON object per split, one per line:
 {"split", "status": "hit"|"built", "path", "key", "rows", "tokens", "seconds"}.
+
+The data options are read with PyYAML against `MedKorDataModule`'s option list
+(names, defaults and types read from its source), so a hit answers without importing
+Lightning or torch; arguments this reading does not follow exactly (another data
+class, `--print_config`, a value of another type) go through the full parse that
+`fit` uses.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
-from typing import Any
+from typing import Any, Optional
 
 USAGE = """usage: medkor prepare --config FILE [--data.KEY VALUE ...]
 
@@ -23,6 +30,74 @@ def _data_args(config: Any) -> dict[str, Any]:
     data = config.data
     data = data.as_dict() if hasattr(data, "as_dict") else dict(data)
     return data.get("init_args", data)  # subclass mode nests the arguments
+
+
+_TYPES: dict[str, Any] = {"str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict, "list": list}
+
+
+def _section(config: dict[str, Any], name: str) -> Optional[dict[str, Any]]:
+    """A config section's arguments; None for a `class_path` form (the full parse judges it) or a non-mapping."""
+    section = config.get(name)
+    if section is None:
+        return {}
+    return dict(section) if isinstance(section, dict) and "class_path" not in section else None
+
+
+def _fits(value: Any, annotation: str) -> bool:
+    """Whether a YAML value has the annotated type (types not read here are left to the plan's checks)."""
+    optional = annotation.startswith("Optional[")
+    inner = annotation[len("Optional["):-1] if optional else annotation
+    if value is None:
+        return optional
+    wanted = _TYPES.get(inner.split("[", 1)[0])
+    if wanted is None:
+        return True
+    return isinstance(value, wanted) and not (isinstance(value, bool) and inner.split("[", 1)[0] != "bool")
+
+
+def light_data_options(argv: list[str]) -> Optional[dict[str, Any]]:
+    """The `MedKorDataModule` arguments `medkor fit ARGV` would build, read without Lightning; None when the
+    arguments need the full parse (the data options are then read by jsonargparse)."""
+    import yaml
+
+    from medkor.checks import quick_config
+    from medkor.commands.options_help import class_annotations, class_defaults, datamodule_source
+
+    config = quick_config(argv)
+    if config is None or any(a.startswith("--data.") and a.split("=", 1)[0].count(".") > 1 for a in argv):
+        return None
+    data, model = _section(config, "data"), _section(config, "model")
+    if data is None or model is None or "tokenizer_path" in data:
+        return None  # data.tokenizer_path is linked from the model's: giving it is the full parse's error
+    # a dict-valued option in several files: jsonargparse replaces, the quick reading merges
+    seen: dict[str, int] = {}
+    for path in config.get("config", []):
+        loaded = yaml.safe_load(open(path, encoding="utf-8")) or {}
+        section = _section(loaded, "data") or {} if isinstance(loaded, dict) else {}
+        for name, value in section.items():
+            seen[name] = seen.get(name, 0) + isinstance(value, dict)
+    if any(count > 1 for count in seen.values()):
+        return None
+    source = datamodule_source()
+    annotations = class_annotations(source, "MedKorDataModule")
+    options = class_defaults(source, "MedKorDataModule")
+    if set(data) - set(annotations):
+        return None  # an unknown option: the full parse names it
+    for name, value in data.items():
+        if not _fits(value, annotations[name]):
+            return None
+        options[name] = float(value) if "float" in annotations[name] and isinstance(value, int) else value
+    options["tokenizer_path"] = model.get("tokenizer_path") or model.get("model_name_or_path")
+    return options if isinstance(options["tokenizer_path"], str) else None
+
+
+def _prepare_plain(options: dict[str, Any]) -> None:
+    from medkor.data.plan import DataPlan, ensure_log_handler
+
+    ensure_log_handler()
+    results, _ = DataPlan.from_options(options).prepare("fit", logging.getLogger("medkor.data"))
+    for result in results:
+        print(json.dumps(result.summary(), ensure_ascii=False), flush=True)
 
 
 def main(argv: list[str]) -> int:
@@ -42,15 +117,21 @@ def main(argv: list[str]) -> int:
 
     try:  # the config files and plain values, before Lightning is imported
         check_quickly(argv, paths=False)
+        options = light_data_options(argv)
     except ConfigError as err:
         print(f"medkor prepare: error: {one_line(err)}", file=sys.stderr)
         return 2
-    from medkor.data import MedKorDataModule
     from medkor.data.cache import CacheError
+    from medkor.data.lock import LockTimeout
     from medkor.data.sources import DataError
-    from medkor.lightning_cli import parse_run_config
 
     try:
+        if options is not None:
+            _prepare_plain(options)
+            return 0
+        from medkor.data import MedKorDataModule
+        from medkor.lightning_cli import parse_run_config
+
         config = parse_run_config(argv)
         check_run_config(config)
         module = MedKorDataModule(**_data_args(config))
@@ -59,7 +140,7 @@ def main(argv: list[str]) -> int:
     except ConfigError as err:
         print(f"medkor prepare: error: {one_line(err)}", file=sys.stderr)
         return 2
-    except (DataError, CacheError, ValueError, OSError, RuntimeError) as err:
+    except (DataError, CacheError, LockTimeout, ValueError, OSError, RuntimeError) as err:
         print(f"medkor prepare: error: {one_line(err)}", file=sys.stderr)
         return 1
     return 0

@@ -10,8 +10,6 @@
 from __future__ import annotations
 
 import logging
-import sys
-from pathlib import Path
 from typing import Any, Optional
 
 import lightning.pytorch as pl
@@ -19,7 +17,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from medkor.data.cache import CacheRequest, CacheResult, ensure_caches, open_cache
+from medkor.data.cache import CacheRequest, CacheResult, open_cache
 from medkor.data.collate import Collator
 from medkor.data.encode import OnLongExample
 from medkor.data.formats import DEFAULT_TEMPLATE, LossOn
@@ -27,36 +25,13 @@ from medkor.data.leak import LeakReport
 from medkor.data.lock import DEFAULT_TIMEOUT
 from medkor.data.rows import RowsFile
 from medkor.data.loader import ResumableDataLoader
-from medkor.data.plan import DataPlan, stage_of
+from medkor.data.plan import DataPlan, ensure_log_handler, stage_of
 from medkor.data.sampler import EpochShuffleSampler
 from medkor.data.sources import DataError, OnBadRecord
 from medkor.data.mixture import ConcatRows, MixtureSampler, ReplayMix
 from medkor.eval.prompts import PromptStyle
 
 log = logging.getLogger("medkor.data")
-
-
-def describe(result: CacheResult) -> str:
-    """One line a person reads: rows, tokens, how full the rows are, how much of it is learned."""
-    manifest = result.manifest
-    learned = manifest.get("learned_tokens")
-    share = f", {learned / max(result.tokens, 1):.1%} of them learned" if learned is not None else ""
-    skipped = manifest.get("skipped", 0) + manifest.get("long_skipped", 0)
-    return (
-        f"{result.split}: {result.rows:,} rows of {manifest.get('max_length')}, {result.tokens:,} tokens{share}, "
-        f"fill rate {result.fill_rate:.1%} ({result.status})" + (f", {skipped} records skipped" if skipped else "")
-    )
-
-
-def _ensure_log_handler() -> None:
-    # hit/miss lines must be visible without the user configuring logging
-    logger = logging.getLogger("medkor")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("[medkor] %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
 
 
 class MedKorDataModule(pl.LightningDataModule):
@@ -187,7 +162,7 @@ class MedKorDataModule(pl.LightningDataModule):
         self.prepare_data_per_node = prepare_data_per_node
         self.datasets: dict[str, RowsFile] = {}
         self.pad_token_id = 0
-        _ensure_log_handler()
+        ensure_log_handler()
 
     def cache_requests(self, stage: str = "fit") -> list[CacheRequest]:
         """One request per split that `stage` uses (`DataPlan.requests`)."""
@@ -205,21 +180,13 @@ class MedKorDataModule(pl.LightningDataModule):
         # prepare_data gets no stage argument: the trainer's running function says which one
         return stage_of(self.trainer.state.fn if self.trainer is not None else None)
 
-    def _prepare(self, stage: str) -> tuple[list[CacheResult], Optional[LeakReport]]:
-        report = self.check_leaks() if stage == "fit" else None  # only what trains is scanned
-        results = ensure_caches(self.cache_requests(stage))
-        for result in results:
-            log.info(describe(result))
-        return results, report
-
     def prepare_caches(self, stage: str = "fit") -> list[CacheResult]:
         """Find or build every cache `stage` uses (all or none published); log how full each one's rows
         are and (fit) any overlap of the training records with the evaluation."""
-        return self._prepare(stage)[0]
+        return self.plan.prepare(stage, log)[0]
 
     def prepare_data(self) -> None:
-        stage = self._stage()
-        _, report = self._prepare(stage)
+        _, report = self.plan.prepare(self._stage(), log)
         if report is not None and report.exact and not self.allow_eval_overlap:
             first = report.exact[0]
             raise DataError(

@@ -16,11 +16,12 @@ the training corpus.
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from medkor.data.cache import CacheRequest
+from medkor.data.cache import CacheRequest, CacheResult, ensure_caches
 from medkor.data.fingerprint import resolve_tokenizer
 from medkor.data.formats import FORMATS, FormatSpec
 from medkor.data.leak import LeakCheck, LeakReport, check_sources
@@ -31,6 +32,29 @@ from medkor.data.val_sets import ReplaySource, ValSet, parse_replay, parse_val_s
 STAGES = ("fit", "validate", "test")
 SPEC_OPTIONS = ("format", "text_field", "term_field", "definition_field", "template", "loss_on", "prompt_field",
                 "completion_field", "messages_field", "prompt_style", "cot")
+
+
+def describe(result: CacheResult) -> str:
+    """One line a person reads: rows, tokens, how full the rows are, how much of it is learned."""
+    manifest = result.manifest
+    learned = manifest.get("learned_tokens")
+    share = f", {learned / max(result.tokens, 1):.1%} of them learned" if learned is not None else ""
+    skipped = manifest.get("skipped", 0) + manifest.get("long_skipped", 0)
+    return (
+        f"{result.split}: {result.rows:,} rows of {manifest.get('max_length')}, {result.tokens:,} tokens{share}, "
+        f"fill rate {result.fill_rate:.1%} ({result.status})" + (f", {skipped} records skipped" if skipped else "")
+    )
+
+
+def ensure_log_handler() -> None:
+    """hit/miss lines must be visible without the user configuring logging"""
+    logger = logging.getLogger("medkor")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[medkor] %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def stage_of(name: Optional[str]) -> str:
@@ -176,3 +200,11 @@ class DataPlan:
             sources.append((self.replay.files, self.replay.spec))
         return check_sources(sources, self.leak_check, Path(self.cache_dir), Path(self.data_dir),
                              self.allow_eval_overlap, log)
+
+    def prepare(self, stage: str, log: logging.Logger) -> tuple[list[CacheResult], Optional[LeakReport]]:
+        """Find or build the caches of `stage` and log each; for `fit`, first the leak report of what trains."""
+        report = self.check_leaks(log) if stage_of(stage) == "fit" else None  # only what trains is scanned
+        results = ensure_caches(self.requests(stage))
+        for result in results:
+            log.info(describe(result))
+        return results, report
