@@ -58,8 +58,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from medkor.eval.questions import QuestionError
     from medkor.model.embeddings import TokenizerMismatchError
     from medkor.model.loading import WeightLoadingError
+    from medkor.vocab.files import TokenizerFileError
 
-    return ConfigError, DataError, CacheError, QuestionError, TokenizerMismatchError, WeightLoadingError, CheckpointLoadError
+    return (ConfigError, DataError, CacheError, QuestionError, TokenizerMismatchError, WeightLoadingError,
+            CheckpointLoadError, TokenizerFileError)
 
 
 def _exit_code(err: BaseException) -> int:

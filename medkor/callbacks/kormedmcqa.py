@@ -25,7 +25,7 @@ from medkor.eval.predictions import (
     write_summary,
 )
 from medkor.eval.prompts import PromptStyle
-from medkor.eval.questions import HUB_ID
+from medkor.eval.questions import HUB_ID, QuestionSet
 from medkor.run.report import evaluation_line, say, validation_losses
 
 
@@ -124,6 +124,24 @@ class KorMedMCQAEval(Callback):
         self._checkpoint_position = (int(checkpoint.get("epoch", 0)), int(checkpoint.get("global_step", 0)))
 
     # ---- hooks
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # read and check the questions before the model loads (configure_model comes after setup):
+        # an empty subset or a file in another encoding then costs seconds, not a model load
+        scheduled = {"fit": self.run_baseline or bool(self.every_n_epochs) or bool(self.every_n_steps),
+                     "validate": self.run_on_validate, "test": self.run_on_test}
+        if scheduled.get(stage):
+            self._question_set(trainer)
+
+    def _question_set(self, trainer: pl.Trainer) -> QuestionSet:
+        """The evaluator's questions (loaded on first use); repeated questions are named once per run."""
+        question_set = self.evaluator.question_set
+        if not self._repeats_said:
+            self._repeats_said = True
+            repeats = question_set.repeats_line()
+            if repeats:
+                say(trainer, repeats)
+        return question_set
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # on_train_start (not on_fit_start): every strategy has restored this callback's state
         # and the global step by now, and no optimizer step has run yet.
@@ -174,12 +192,7 @@ class KorMedMCQAEval(Callback):
                 forward_context=trainer.precision_plugin.forward_context,
             )
         subsets = self.evaluator.subsets
-        question_set = self.evaluator.question_set
-        if not self._repeats_said:
-            self._repeats_said = True
-            repeats = question_set.repeats_line()
-            if repeats:
-                say(trainer, repeats)
+        question_set = self._question_set(trainer)
         # one sync for both: correct/total and non-finite/total per subset
         nonfinite_keys = {f"nonfinite/{subset}": subset for subset in subsets}
         local = count_correct(records, subsets)

@@ -210,3 +210,22 @@ def test_an_empty_subset_stops_the_run_with_its_file_named(tmp_path, tokenizer):
     fit = trainer(tmp_path, 1, [KorMedMCQAEval(source=str(source))])
     with pytest.raises(QuestionError, match=rf"^{source / 'doctor' / 'test.jsonl'}: no questions for subset 'doctor'"):
         fit.fit(TinyModule(tokenizer), loader(tokenizer))
+
+
+def test_a_bad_question_file_stops_fit_before_the_model_is_configured(tmp_path, tokenizer):
+    from medkor.eval.questions import QuestionError
+    from tests.eval.tiny_lm import write_sample
+
+    source = write_sample(tmp_path / "set", sizes={"doctor": 2, "nurse": 2, "pharm": 2, "dentist": 2})
+    nurse = source / "nurse" / "test.jsonl"
+    nurse.write_bytes(nurse.read_text(encoding="utf-8").encode("cp949"))
+
+    class CountsConfigure(TinyModule):
+        configured = 0
+
+        def configure_model(self):
+            CountsConfigure.configured += 1
+
+    with pytest.raises(QuestionError, match=rf"^{nurse}:1: not UTF-8 text .*iconv -f CP949"):
+        trainer(tmp_path, 1, [KorMedMCQAEval(source=str(source))]).fit(CountsConfigure(tokenizer), loader(tokenizer))
+    assert CountsConfigure.configured == 0  # found in setup, before the (large) model would load
