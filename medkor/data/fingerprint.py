@@ -191,5 +191,20 @@ def tokenizer_fingerprint(tokenizer_path: str, memo: FingerprintMemo, load: Call
     """
     root, files = _tokenizer_files(tokenizer_path)
     if root is None or not files:
-        return tokenizer_state(load())
-    return memo.content_hash(f"tokenizer:{root.resolve()}", files, lambda: tokenizer_state(load()))
+        return tokenizer_state(_load_named(load, tokenizer_path))
+    return memo.content_hash(f"tokenizer:{root.resolve()}", files, lambda: tokenizer_state(_load_named(load, tokenizer_path)))
+
+
+def _load_named(load: Callable[[], Any], tokenizer_path: str) -> Any:
+    """`load()`; a damaged tokenizer file (cut short, not UTF-8) is raised as one line naming it."""
+    from medkor.vocab.files import TokenizerFileError, tokenizer_file_error
+
+    try:
+        return load()
+    except TokenizerFileError:
+        raise
+    except Exception as err:  # noqa: BLE001 - only a damaged file is renamed; anything else is raised as it was
+        named = tokenizer_file_error(tokenizer_path)
+        if named is None:
+            raise
+        raise named from err

@@ -14,12 +14,14 @@ import torch
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
-    AutoTokenizer,
     Gemma3ForCausalLM,
     Gemma3ForConditionalGeneration,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+
+from medkor.vocab.files import TokenizerFileError
+from medkor.vocab.files import load_tokenizer as load_tokenizer_files
 
 DTYPES: dict[str, Union[torch.dtype, str]] = {
     "float32": torch.float32,
@@ -111,9 +113,11 @@ def load_model(
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    """The tokenizer saved in `path` (a folder or hub id)."""
+    """The tokenizer saved in `path` (a folder or hub id); a damaged file raises `TokenizerFileError` naming it."""
     try:
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        return load_tokenizer_files(path, trust_remote_code=trust_remote_code)
+    except TokenizerFileError:
+        raise
     except (OSError, ValueError) as err:
         raise OSError(
             f"cannot load a tokenizer from {path!r}: {err}. Give a folder with tokenizer.json "
