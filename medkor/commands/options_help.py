@@ -62,9 +62,6 @@ def class_options(source: Path, class_name: str) -> list[tuple[str, str, str]]:
     return [(a.arg, _default(d, constants) if d is not None else "required", helps.get(a.arg, "")) for a, d in zip(args, defaults)]
 
 
-_UNSET = object()
-
-
 def class_defaults(source: Path, class_name: str) -> dict[str, Any]:
     """Name -> default value of every `__init__` argument of `class_name` whose default is a literal
     (or a module constant holding one); arguments without one are left out."""

@@ -8,15 +8,17 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from filelock import FileLock, Timeout
-
 from medkor.data.cache import MANIFEST, TMP_PREFIX, TRASH_PREFIX, check_manifest, read_manifest
 from medkor.data.fingerprint import hash_bytes_of
+from medkor.data.lock import BuildLock
 from medkor.data.rows import ROWS_FILE, RowsFile
 
 
-# what medkor itself creates in a cache directory: <split>-<key20>, .tmp-<split>-<key20>-..., .trash-...
-_PUBLISHED = re.compile(r"^[A-Za-z0-9_.]+-[0-9a-f]{20}$")
+# what medkor itself creates in a cache directory: <split>-<key20>, .tmp-<split>-<key20>-..., .trash-...;
+# a split is a plain name or `val-<name>` of a named validation set, whose name may hold '-'
+_SPLIT = r"(?:[A-Za-z0-9_.]+|val-[A-Za-z0-9][A-Za-z0-9_.-]*?)"
+_PUBLISHED = re.compile(rf"^{_SPLIT}-[0-9a-f]{{20}}$")
+_LEFTOVER = re.compile(rf"^\.(?:tmp|trash)-(?P<name>{_SPLIT}-[0-9a-f]{{20}})(?:-|$)")
 
 
 def is_cache_folder(folder: Path) -> bool:
@@ -27,9 +29,27 @@ def is_cache_folder(folder: Path) -> bool:
     """
     name = folder.name
     if name.startswith((TMP_PREFIX, TRASH_PREFIX)):
-        rest = name[len(TMP_PREFIX) if name.startswith(TMP_PREFIX) else len(TRASH_PREFIX):]
-        return bool(re.match(r"^[A-Za-z0-9_.]+-[0-9a-f]+(-|$)", rest))
+        return bool(_LEFTOVER.match(name)) or bool(re.match(r"^\.(?:tmp|trash)-[A-Za-z0-9_.]+-[0-9a-f]+(-|$)", name))
     return bool(_PUBLISHED.match(name))
+
+
+def key_name(folder: Path) -> str:
+    """The `<split>-<key20>` a published, temporary or trash folder belongs to: the name of its lock.
+
+    Split names may hold '-' (`val-plain-text`) and so may host names, so a leftover's
+    name is matched against the locks present (the longest that prefixes it), and
+    otherwise read up to its 20-hex key.
+    """
+    name = folder.name
+    if not name.startswith((TMP_PREFIX, TRASH_PREFIX)):
+        return name
+    rest = name.split("-", 1)[1]
+    locks = [p.name[: -len(".lock")] for p in folder.parent.glob("*.lock")]
+    held = [lock for lock in locks if rest.startswith(lock + "-") or rest == lock]
+    if held:
+        return max(held, key=len)
+    match = _LEFTOVER.match(name) or re.match(r"^\.(?:tmp|trash)-(?P<name>.+?-[0-9a-f]+)(?:-|$)", name)
+    return match.group("name") if match else rest
 
 
 def _folders(cache_dir: Path) -> list[Path]:
@@ -42,8 +62,9 @@ def _size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def _lock_of(folder: Path) -> FileLock:
-    return FileLock(str(folder.parent / f"{folder.name}.lock"))
+def _lock_of(folder: Path) -> BuildLock:
+    name = key_name(folder)
+    return BuildLock(folder.parent / f"{name}.lock", what=name)
 
 
 def list_caches(cache_dir: Path) -> list[dict[str, Any]]:
@@ -107,16 +128,10 @@ def verify_cache(folder: Path) -> list[str]:
 
 def remove_cache(folder: Path, wait: bool = False) -> bool:
     """Remove one folder; a published one only while no builder holds its lock."""
-    if folder.name.startswith((TMP_PREFIX, TRASH_PREFIX)):
-        name = folder.name.split("-", 1)[1]
-        # a temporary folder's key name is everything before host-pid-rand
-        key_name = "-".join(name.split("-")[:2])
-        lock = FileLock(str(folder.parent / f"{key_name}.lock"))
-    else:
-        lock = _lock_of(folder)
-    try:
-        lock.acquire(timeout=-1 if wait else 0)
-    except Timeout:
+    lock = _lock_of(folder)
+    if wait:
+        lock.acquire(timeout=None)
+    elif not lock.try_acquire():
         return False  # a build of this key is running
     try:
         # rename first so a reader never sees a half-deleted cache under its real name
