@@ -35,6 +35,7 @@ from medkor.data import MedKorDataModule
 from medkor.model import MedGemmaModule
 from medkor.run.folders import discard_if_unused, find_last_checkpoint, version_of_checkpoint
 from medkor.run.loggers import assign_versions, continue_history, stage_subfolder, versioned_groups
+from medkor.run.publish import sweep_leftovers
 from medkor.run.run_lock import RunLock, check_launch_lock
 
 # Lightning's start-up lines that tell a medkor user nothing (the accelerator is in the config)
@@ -283,6 +284,11 @@ class MedKorCLI(LightningCLI):
             if fresh:  # the CSV logger's "not empty, files will be deleted" would be about the lock alone
                 warnings.filterwarnings("ignore", message=re.escape(f"Experiment logs directory {folder} exists"))
         if keep is not None:
+            # temporary checkpoint files of the killed attempt (the lock makes this the folder's only writer)
+            swept = sweep_leftovers(root / f"version_{keep[1]}" / "checkpoints")
+            if swept:
+                rank_zero_info(f"[medkor] removed {len(swept)} temporary file(s) of interrupted checkpoint writes: "
+                               + ", ".join(p.name for p in swept[:3]) + (" ..." if len(swept) > 3 else ""))
             step = int(checkpoint.get("global_step", 0)) if checkpoint is not None else None
             dropped = continue_history(trainer.loggers, step)
             note = f"; {dropped} metrics rows logged after step {step} by the interrupted attempt dropped" if dropped else ""

@@ -224,3 +224,28 @@ def test_a_kill_at_any_step_leaves_old_or_new_whole_and_the_next_start_sweeps(tm
     sweep_leftovers(tmp_path)  # what the next publish of the same folder does first
     assert (_read(target) if target.exists() else None) == (old if reached and point == "old-aside" else on_disk)
     assert _siblings(target) == []
+
+
+@pytest.mark.slow
+def test_a_resumed_fit_sweeps_the_temporary_checkpoint_files_of_dead_writers(repo_root, tmp_path):
+    from tests.run.resume_config import resume_config, write_config
+
+    config = resume_config(repo_root, tmp_path / "logs", 1, 2, [])
+    config["data"].update(cache_dir=str(tmp_path / "cache"))
+    path = write_config(config, tmp_path / "run.yaml")
+    env = {**os.environ, "PYTHONPATH": str(repo_root), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+    def fit(*args):
+        return subprocess.run([sys.executable, "-m", "medkor", "fit", "--config", str(path), *args], cwd=repo_root,
+                              env=env, capture_output=True, text=True, timeout=400)
+
+    assert fit().returncode == 0
+    checkpoints = tmp_path / "logs" / "demo" / "version_0" / "checkpoints"
+    dead = checkpoints / f".step1.ckpt.tmp-{host_tag()}-{_dead_pid()}-0123abcd"  # a write killed mid-way
+    live = checkpoints / f".step1.ckpt.tmp-{host_tag()}-{os.getpid()}-0123abcd"  # a process still writing
+    for leftover in (dead, live):
+        leftover.write_bytes(b"\0" * 1000)
+    result = fit("--ckpt_path", "last", "--trainer.max_epochs", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not dead.exists() and live.exists()
+    assert f"removed 1 temporary file(s) of interrupted checkpoint writes: {dead.name}" in result.stderr + result.stdout
