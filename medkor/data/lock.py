@@ -161,6 +161,14 @@ class BuildLock:
     def holder(self) -> Optional[LockHolder]:
         return read_holder(self.owner)
 
+    def live_holder(self) -> Optional[LockHolder]:
+        """The holder while it is alive as far as this process can tell (a dead one's file may linger), else None.
+
+        Call it on the same object over time: a heartbeat that stopped moving is noticed by this object's clock.
+        """
+        holder = self.holder()
+        return holder if holder is not None and not self._stale(holder) else None
+
     def acquire(self, timeout: Optional[float] = DEFAULT_TIMEOUT, poll: float = 0.1) -> None:
         """Take the lock, waiting at most `timeout` seconds (None: as long as it takes; 0: not at all)."""
         if self.held:

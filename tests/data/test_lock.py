@@ -65,7 +65,7 @@ def test_second_process_waits_then_times_out_naming_the_holder(tmp_path):
         assert f"host {socket.gethostname()} pid {child.pid} since " in message
         assert str(path) + ".owner" in message and "data.lock_timeout" in message
         holder = read_holder(other.owner)
-        assert (holder.pid, holder.what) == (child.pid, "train-abc")
+        assert (holder.pid, holder.what) == (child.pid, "train-abc") and other.live_holder().pid == child.pid
     finally:
         child.kill()
         child.wait()
@@ -89,6 +89,7 @@ def test_sigkilled_holder_on_this_machine_is_taken_over_at_once(tmp_path):
     child.wait()
     assert read_holder(path.with_name(path.name + ".owner")).pid == child.pid  # its owner file stays behind
     lock = BuildLock(path, stale_after=3600)  # no heartbeat wait: the pid is known dead on this machine
+    assert lock.holder() is not None and lock.live_holder() is None
     assert lock.try_acquire()
     assert read_holder(lock.owner).pid == os.getpid()
     lock.release()
