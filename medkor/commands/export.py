@@ -10,7 +10,6 @@ extended model is written, so the extended base is prepared once and reused.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -21,6 +20,7 @@ USAGE = "medkor export --config FILE [--ckpt_path PATH] --out DIR [--overwrite] 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medkor export",
+        allow_abbrev=False,
         usage=USAGE,
         description="Write a Hugging Face folder (safetensors, config, tokenizer) from a run config and an "
         "optional Lightning checkpoint; LoRA adapters are merged. Other options (`--model.*`, ...) are "
@@ -87,37 +87,6 @@ def check_free_space(out: Path, needed: int) -> None:
             f"file system of {folder}; free space or choose --out on a larger disk")
 
 
-def no_space_left(err: BaseException) -> bool:
-    """True when `err` (or what it was raised from) is a full disk or quota: an OSError or safetensors' error text."""
-    import errno
-
-    seen: set[int] = set()
-    current: Optional[BaseException] = err
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
-            return True
-        text = str(current)
-        if os.strerror(errno.ENOSPC) in text or f"os error {errno.ENOSPC})" in text:
-            return True
-        current = current.__cause__ or current.__context__
-    return False
-
-
-def no_space_message(out: Path) -> str:
-    import shutil
-
-    from medkor.run.atomic import human_size
-
-    try:
-        free = f"{human_size(shutil.disk_usage(out.parent).free)} free"
-    except OSError:
-        free = "free space unknown"
-    return (f"--out {out}: no space left on the device while writing the export beside it ({free} on the file "
-            f"system of {out.parent}); free space or choose --out on a larger disk. {out} is unchanged and the "
-            "partial export was removed")
-
-
 def main(argv: list[str]) -> int:
     args, rest = _parser().parse_known_args(argv)
     if not args.config and not any(a.startswith("--model.") for a in rest):
@@ -126,6 +95,7 @@ def main(argv: list[str]) -> int:
     from medkor.run.export_folder import (
         ExportFolderError, check_export_target, discard_staging, publish_export, staging_folder,
     )
+    from medkor.run.publish import no_space_left, no_space_message
 
     out = Path(args.out)
     try:  # before anything loads: a wrong folder or checkpoint costs nothing
@@ -161,7 +131,7 @@ def main(argv: list[str]) -> int:
                           processor_source=source if source.is_dir() else None)
         except Exception as err:  # noqa: BLE001 - a full disk is reported whatever raised it (safetensors too)
             if no_space_left(err):
-                raise ExportFolderError(no_space_message(out)) from err
+                raise ExportFolderError(no_space_message(out, "the export")) from err
             raise
         files = publish_export(staging, out, args.overwrite)
         staging = None

@@ -336,6 +336,36 @@ def _describe(target: Path, err: OSError) -> str:
     return text + f". {target} is unchanged."
 
 
+def no_space_left(err: BaseException) -> bool:
+    """True when `err`, or what it was raised from or during, is a full disk or quota: an OSError, or a
+    library's error that only says so in its text (safetensors: "No space left on device (os error 28)")."""
+    seen: set[int] = set()
+    current: Optional[BaseException] = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+            return True
+        text = str(current)
+        if os.strerror(errno.ENOSPC) in text or f"os error {errno.ENOSPC})" in text:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def no_space_message(target: PathLike, what: str, option: str = "--out") -> str:
+    """The line for a full disk while `what` was being staged beside `target`: the path, the free space, what to do."""
+    from medkor.run.atomic import human_size
+
+    target = Path(target)
+    try:
+        free = f"{human_size(shutil.disk_usage(target.parent).free)} free"
+    except OSError:
+        free = "free space unknown"
+    return (f"{option} {target}: no space left on the device while writing {what} beside it ({free} on the file "
+            f"system of {target.parent}); free space or choose {option} on a larger disk. {target} is unchanged "
+            "and the partial output was removed")
+
+
 # ---------------------------------------------------------------- leftovers
 
 def sweep_leftovers(folder: PathLike, name: Optional[str] = None) -> list[Path]:

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from medkor.run.publish import (
-    check_target, discard, kill_point, marker_files, marker_name, publish_folder, staging_for, write_marker,
+    PublishError, check_target, discard, kill_point, marker_files, marker_name, no_space_left, no_space_message,
+    publish_folder, staging_for, write_marker,
 )
 from medkor.vocab import stats
 from medkor.vocab.bpe_model import BpeModel
@@ -172,8 +173,10 @@ def extend_vocab(cfg: ExtendConfig) -> dict[str, Any]:
         write_marker(staging, COMMAND, written)
         keep = {p.name for p in out.iterdir()} - earlier_run_files(out) if out.is_dir() else set()
         publish_folder(staging, out, keep=keep)
-    except BaseException:
+    except BaseException as err:
         discard(staging)
+        if isinstance(err, OSError) and not isinstance(err, PublishError) and no_space_left(err):
+            raise PublishError(err.errno, no_space_message(out, "the tokenizer")) from err
         raise
     return report
 

@@ -152,3 +152,25 @@ def test_required_terms_that_do_not_fit_raise_the_term_frequency_and_say_so(tmp_
     assert stats["required_single_token"] == stats["required"]
     assert (f"note: the 4 terms seen at least 1 times do not fit into --num_new_tokens 8: made whole only the "
             f"{stats['required']} seen at least {stats['required_from']} times") in printed
+
+
+def test_a_full_disk_is_one_line_naming_out_and_the_free_space_and_the_earlier_folder_stays(tmp_path, args, capsys,
+                                                                                          monkeypatch):
+    import errno
+
+    out = tmp_path / "ext"
+    assert main(args(out)) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def full(hf_base, model, folder):
+        (folder / "tokenizer.json").write_text("{")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder / "tokenizer.json"))
+
+    monkeypatch.setattr(build, "_save", full)
+    capsys.readouterr()
+    assert main(args(out, tokens=20) + ["--overwrite"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(
+        f"medkor extend-vocab: error: --out {out}: no space left on the device while writing the tokenizer beside it (")
+    assert " free on the file system of " in err and f"{out} is unchanged" in err and "[Errno" not in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before and _siblings(out) == []
