@@ -110,7 +110,7 @@ def check_target(target: PathLike, option: str = "--out") -> None:
     here, resolved = Path.cwd().resolve(), target.resolve()
     if resolved == here or resolved in here.parents:
         raise TargetError(f"{option} {target} is the working folder or one above it ({resolved}); "
-                          "give a new folder for the output, e.g. {option} ./out".replace("{option}", option))
+                          f"give a new folder for the output, e.g. {option} ./out")
 
 
 # ---------------------------------------------------------------- names
