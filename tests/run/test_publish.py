@@ -77,6 +77,19 @@ def test_the_exchange_is_a_real_atomic_swap_on_this_system(tmp_path):
     assert (b / "x").read_text() == "a" and not (a / "x").exists()
 
 
+def test_without_renameat2_a_new_folder_never_replaces_one_that_appeared(tmp_path, monkeypatch):
+    monkeypatch.setattr(publish.sys, "platform", "darwin")  # no renameat2: plain renames, then the fallback
+    assert publish.exchange(tmp_path, tmp_path) is False
+    target = tmp_path / "out"
+    publish_folder(_stage(target, OLD), target)
+    publish_folder(_stage(target, NEW), target)
+    assert _read(target) == NEW and _siblings(target) == []
+    staging = _stage(target, OLD)
+    with pytest.raises(FileExistsError):
+        publish._rename_new(staging, target)  # what another writer's folder would meet
+    assert _read(target) == NEW
+
+
 def test_kept_entries_are_the_same_files_and_the_rest_is_replaced(tmp_path):
     target = tmp_path / "out"
     target.mkdir()
