@@ -198,3 +198,126 @@ def test_errors_found_by_the_full_parse_and_in_the_data_are_one_line_and_leave_n
     assert not list((tmp_path / "logs").rglob("version_*")), "a failed start leaves no run folder"
     debug = run_medkor(["fit", "--config", str(config), "--debug"], repo_root, timeout=300)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+# ---------------------------------------------------------------- options are spelled out, values named
+
+
+def test_fit_refuses_an_abbreviated_option_and_names_the_one_meant(repo_root, tmp_path):
+    config = _demo_config(repo_root, tmp_path)
+    result = run_medkor(["fit", "--config", str(config), "--model.learn", "0.5"], repo_root, timeout=120)
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("medkor fit: error: unrecognized arguments: --model.learn 0.5; options are never "
+                               "abbreviated: did you mean --model.learning_rate?"), lines[0]
+    assert not (tmp_path / "logs").exists()
+
+
+def test_commands_reading_run_configs_refuse_abbreviations_too(repo_root):
+    from medkor.checks import ConfigError
+    from medkor.lightning_cli import parse_run_config
+
+    demo = str(repo_root / "configs" / "demo.yaml")
+    assert parse_run_config(["--config", demo, "--model.learning_rate", "0.5"]).model.learning_rate == 0.5
+    for option in ("--model.learn", "--trainer.max_epo", "--data.batch"):
+        with pytest.raises(ConfigError, match=f"unrecognized arguments: {re.escape(option)} 3; options are never "
+                                              "abbreviated: did you mean"):
+            parse_run_config(["--config", demo, option, "3"])
+
+
+@pytest.mark.parametrize("args, meant", [
+    (["cache", "rm", "{tmp}", "--al"], "--al"),                    # would remove every cache
+    (["cache", "ls", "{tmp}", "--js"], "--js"),
+    (["plot", "{tmp}", "--ou", "x.png"], "--ou x.png"),
+    (["extend-vocab", "--base", "b", "--corpus", "c", "--num_new_tokens", "1", "--out", "{tmp}/o", "--overw"],
+     "--overw"),
+    # export hands the options it does not know to the run config's parser, which refuses it
+    (["export", "--config", "{repo}/configs/demo.yaml", "--out", "{tmp}/x", "--overw"], "--overw"),
+])
+def test_plain_commands_refuse_abbreviated_options(args, meant, repo_root, tmp_path, capsys):
+    args = [a.replace("{tmp}", str(tmp_path)).replace("{repo}", str(repo_root)) for a in args]
+    before = sorted(tmp_path.iterdir())
+    with pytest.raises(SystemExit) as caught:
+        main(args)
+    err = capsys.readouterr().err
+    assert caught.value.code != 0 and f"unrecognized arguments: {meant}" in err, err
+    assert caught.value.code == 2 or args[0] == "export", err  # (export reports config errors with 1)
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def test_precision_values_are_lightnings():
+    import typing
+
+    from lightning.fabric.connector import _PRECISION_INPUT
+
+    from medkor.checks import PRECISIONS
+
+    lightning_values = {str(v) for t in typing.get_args(_PRECISION_INPUT) for v in typing.get_args(t)}
+    assert set(PRECISIONS) == lightning_values and len(PRECISIONS) == len(lightning_values)
+
+
+def test_a_wrong_precision_lists_the_values_before_anything_loads(repo_root, tmp_path):
+    config = _demo_config(repo_root, tmp_path)
+    result = run_medkor(["fit", "--config", str(config), "--trainer.precision", "bf17"], repo_root, timeout=60)
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("medkor fit: error: trainer.precision 'bf17' is not a precision: use one of "), lines[0]
+    assert all(value in lines[0] for value in ("32-true", "bf16-mixed", "16-mixed", "64-true", "bf16")), lines[0]
+    assert not (tmp_path / "logs").exists()
+
+
+def test_the_full_parse_lists_a_fixed_sets_values_too(repo_root):
+    from medkor.checks import ConfigError
+    from medkor.lightning_cli import parse_run_config
+
+    demo = str(repo_root / "configs" / "demo.yaml")
+    with pytest.raises(ConfigError) as caught:
+        parse_run_config(["--config", demo, "--trainer.precision", "bf17"])
+    message = str(caught.value)
+    assert message.startswith("--trainer.precision: expected one of 64, 32, 16, transformer-engine"), message
+    assert message.endswith("bf16 or null, got 'bf17'") and "bf16-mixed" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("callback, expected", [
+    ({"class_path": "builtins.print"},
+     "--trainer.callbacks: builtins.print is not a Callback; a class_path there must name a subclass of Callback"),
+    ({"class_path": "os.system", "init_args": {"command": "echo ran"}}, "--trainer.callbacks: os.system is not a Callback"),
+    ({"class_path": "medkor.callbacks.KorMedMCQAEval", "init_args": {"sorce": "x"}},
+     "--trainer.callbacks: medkor.callbacks.KorMedMCQAEval: Option 'sorce' is not accepted"),
+    ({"class_path": "nosuch_module.Callback"}, "--trainer.callbacks: nosuch_module.Callback: No module named 'nosuch_module'"),
+], ids=["function", "os.system", "bad-argument", "no-module"])
+def test_a_refused_callback_is_one_line_naming_it(callback, expected, repo_root, tmp_path):
+    from medkor.checks import ConfigError
+    from medkor.lightning_cli import parse_run_config
+
+    config = yaml.safe_load((repo_root / "configs" / "demo.yaml").read_text(encoding="utf-8"))
+    config["trainer"]["callbacks"].append(callback)
+    path = tmp_path / "hostile.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        parse_run_config(["--config", str(path)])
+    message = str(caught.value)
+    assert message.startswith(expected), message
+    assert "Namespace(" not in message and "ModelCheckpoint" not in message and len(message) < 300, message
+
+
+def test_fit_refuses_a_run_that_trains_nothing_before_a_run_folder_is_made(repo_root, tmp_path):
+    config = _demo_config(repo_root, tmp_path)
+    for option, value in [("--trainer.max_epochs", "0"), ("--trainer.max_steps", "0"),
+                          ("--trainer.limit_train_batches", "0")]:
+        result = run_medkor(["fit", "--config", str(config), option, value], repo_root, timeout=60)
+        lines = (result.stdout + result.stderr).strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, lines
+        assert lines[0].startswith(f"medkor fit: error: {option[2:]} 0 trains nothing: use "), lines[0]
+    assert not (tmp_path / "logs").exists()
+
+
+def test_the_full_parse_refuses_max_epochs_0_too(repo_root, tmp_path):
+    # the quick check is skipped (e.g. options it does not follow); Lightning's parse refuses before any folder
+    from medkor.checks import ConfigError
+    from medkor.lightning_cli import run_cli
+
+    config = _demo_config(repo_root, tmp_path)
+    with pytest.raises(ConfigError, match=r"^trainer.max_epochs 0 trains nothing"):
+        run_cli(["fit", "--config", str(config), "--trainer.max_epochs", "0"])
+    assert not (tmp_path / "logs").exists()

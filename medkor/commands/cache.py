@@ -9,15 +9,16 @@ from pathlib import Path
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medkor cache", description="Inspect and clean tokenized caches.")
+    parser = argparse.ArgumentParser(prog="medkor cache", description="Inspect and clean tokenized caches.",
+                                     allow_abbrev=False)
     sub = parser.add_subparsers(dest="action", required=True)
-    ls = sub.add_parser("ls", help="List caches: size, rows, tokens, created, what went into the key.")
+    ls = sub.add_parser("ls", allow_abbrev=False, help="List caches: size, rows, tokens, created, what went into the key.")
     ls.add_argument("cache_dir", type=Path, help="The cache directory (default of a run: <data_dir>/.cache).")
     ls.add_argument("--json", action="store_true", help="One JSON object per cache instead of text.")
-    verify = sub.add_parser("verify", help="Check manifests against the Arrow files (hashes, rows, tokens).")
+    verify = sub.add_parser("verify", allow_abbrev=False, help="Check manifests against the Arrow files (hashes, rows, tokens).")
     verify.add_argument("cache_dir", type=Path)
     verify.add_argument("names", nargs="*", help="Only these caches (name or prefix).")
-    rm = sub.add_parser("rm", help="Remove named, old or damaged caches and leftover build folders.")
+    rm = sub.add_parser("rm", allow_abbrev=False, help="Remove named, old or damaged caches and leftover build folders.")
     rm.add_argument("cache_dir", type=Path)
     rm.add_argument("names", nargs="*", help="Caches to remove (name, prefix or key fragment).")
     rm.add_argument("--older-than", type=float, metavar="DAYS", help="Also remove caches built more than DAYS ago.")

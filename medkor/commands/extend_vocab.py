@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = ExtendConfig(base="", corpus=[], out="", num_new_tokens=0)
     p = argparse.ArgumentParser(
         prog="medkor extend-vocab",
+        allow_abbrev=False,
         description=(
             "Add Korean tokens to a Gemma 3 (byte-fallback BPE) tokenizer. BPE training continues "
             "on the corpus as the base cuts it: each new token is the merge that saves the most "

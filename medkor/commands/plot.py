@@ -11,6 +11,7 @@ from medkor.eval.plot import PlotError, plot_run
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medkor plot",
+        allow_abbrev=False,
         description="Plot training/validation loss and KorMedMCQA accuracy (overall and per subset) over "
         "steps from a run folder's metrics.csv, the baseline marked. Works while the run is still going.",
     )
