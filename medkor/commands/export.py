@@ -131,6 +131,8 @@ def main(argv: list[str]) -> int:
                           processor_source=source if source.is_dir() else None)
         except Exception as err:  # noqa: BLE001 - a full disk is reported whatever raised it (safetensors too)
             if no_space_left(err):
+                discard_staging(staging)  # first, so that the free space reported is what is really there
+                staging = None
                 raise ExportFolderError(no_space_message(out, "the export")) from err
             raise
         files = publish_export(staging, out, args.overwrite)
