@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
@@ -175,8 +176,9 @@ def extend_vocab(cfg: ExtendConfig) -> dict[str, Any]:
         publish_folder(staging, out, keep=keep)
     except BaseException as err:
         discard(staging)
-        if isinstance(err, OSError) and not isinstance(err, PublishError) and no_space_left(err):
-            raise PublishError(err.errno, no_space_message(out, "the tokenizer")) from err
+        # tokenizers' own writes raise a bare Exception("No space left on device (os error 28)")
+        if isinstance(err, Exception) and not isinstance(err, PublishError) and no_space_left(err):
+            raise PublishError(errno.ENOSPC, no_space_message(out, "the tokenizer")) from err
         raise
     return report
 
