@@ -191,7 +191,8 @@ class MedKorCLI(LightningCLI):
             hparams = load_checkpoint_file(ckpt_path, mmap=True).get("hyper_parameters", {})
         except CheckpointLoadError as err:
             raise ConfigError(f"--ckpt_path: {err}") from err
-        hparams = {k: v for k, v in hparams.items() if k != "_instantiator"}
+        # remote code runs only when the config or the command line asks for it, never because a checkpoint says so
+        hparams = {k: v for k, v in hparams.items() if k not in ("_instantiator", "trust_remote_code")}
         if hparams:
             self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}}, self.config)
 

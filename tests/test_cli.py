@@ -321,3 +321,31 @@ def test_the_full_parse_refuses_max_epochs_0_too(repo_root, tmp_path):
     with pytest.raises(ConfigError, match=r"^trainer.max_epochs 0 trains nothing"):
         run_cli(["fit", "--config", str(config), "--trainer.max_epochs", "0"])
     assert not (tmp_path / "logs").exists()
+
+
+def test_a_checkpoint_cannot_switch_remote_code_on(repo_root, tmp_path):
+    # a checkpoint's hyperparameters become model options of the run; trust_remote_code is not one they may set
+    import torch
+
+    from medkor.data import MedKorDataModule
+    from medkor.lightning_cli import MedKorCLI
+    from medkor.model import MedGemmaModule
+
+    class Parsed(Exception):
+        pass
+
+    class ParseOnly(MedKorCLI):
+        def before_instantiate_classes(self) -> None:
+            raise Parsed(self.config[self.subcommand].model)
+
+    ckpt = tmp_path / "from-elsewhere.ckpt"
+    torch.save({"hyper_parameters": {"trust_remote_code": True, "learning_rate": 0.0123}}, ckpt)
+    demo = str(repo_root / "configs" / "demo.yaml")
+    for extra, remote in [([], False), (["--model.trust_remote_code", "true"], True)]:
+        with pytest.raises(Parsed) as parsed:
+            ParseOnly(MedGemmaModule, MedKorDataModule, args=["validate", "--config", demo, "--ckpt_path", str(ckpt),
+                                                              *extra], save_config_callback=None)
+        model = parsed.value.args[0]
+        model = model.init_args if "init_args" in model else model
+        assert model.learning_rate == 0.0123  # the checkpoint's other hyperparameters still apply
+        assert model.trust_remote_code is remote  # only the config or the command line decides
