@@ -117,15 +117,18 @@ def test_a_tokenizer_that_fails_verification_is_never_published(tmp_path, base_d
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before and _siblings(out) == []
 
 
-def test_a_kill_before_verification_leaves_the_earlier_tokenizer_whole_and_the_next_run_sweeps(tmp_path, args):
+def test_a_kill_before_verification_leaves_the_earlier_tokenizer_whole_and_the_next_run_sweeps(tmp_path, args,
+                                                                                               corpus_docs):
     """The kill points of the swap itself are tested on `publish_folder` (tests/run/test_publish.py)."""
-    point = "extend-vocab:saved"
     out = tmp_path / "ext"
     assert main(args(out)) == 0
     (out / "notes.txt").write_text("mine")
-    env = {**os.environ, KILL_ENV: point}
+    small = tmp_path / "small.txt"  # the killed run needs only to reach the point, not to learn much
+    small.write_text("\n".join(corpus_docs[:200]) + "\n", encoding="utf-8")
+    killed = args(out, tokens=30) + ["--overwrite", "--corpus", str(small)]
+    env = {**os.environ, KILL_ENV: "extend-vocab:saved", "TOKENIZERS_PARALLELISM": "false"}
     code = "import sys; from medkor.commands.extend_vocab import main; sys.exit(main(sys.argv[1:]))"
-    result = subprocess.run([sys.executable, "-c", code, *args(out, tokens=30), "--overwrite"], env=env, cwd=ROOT,
+    result = subprocess.run([sys.executable, "-c", code, *killed], env=env, cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == -signal.SIGKILL, result.stderr
     assert json.loads((out / STATS_FILE).read_text())["tokens_added"] == 10  # the earlier folder, whole
