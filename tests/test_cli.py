@@ -349,3 +349,33 @@ def test_a_checkpoint_cannot_switch_remote_code_on(repo_root, tmp_path):
         model = model.init_args if "init_args" in model else model
         assert model.learning_rate == 0.0123  # the checkpoint's other hyperparameters still apply
         assert model.trust_remote_code is remote  # only the config or the command line decides
+
+
+def test_security_page_is_linked_and_its_example_does_run_a_function(repo_root, tmp_path):
+    # what docs/security.md warns about is true: the YAML it shows builds a callback that calls builtins.print
+    from lightning.pytorch.callbacks import LambdaCallback
+
+    from medkor.data import MedKorDataModule
+    from medkor.lightning_cli import MedKorCLI
+    from medkor.model import MedGemmaModule
+
+    assert "docs/security.md" in (repo_root / "README.md").read_text(encoding="utf-8")
+    page = (repo_root / "docs" / "security.md").read_text(encoding="utf-8")
+    example = yaml.safe_load(re.search(r"```yaml\n(.*?)```", page, re.S).group(1))
+    config = yaml.safe_load(_demo_config(repo_root, tmp_path).read_text(encoding="utf-8"))
+    config["trainer"]["callbacks"] += example["trainer"]["callbacks"]
+    path = tmp_path / "example.yaml"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+
+    class Built(Exception):
+        pass
+
+    class BuildOnly(MedKorCLI):
+        def before_fit(self) -> None:
+            raise Built(self.trainer)
+
+    with pytest.raises(Built) as built:
+        BuildOnly(MedGemmaModule, MedKorDataModule, args=["fit", "--config", str(path)], save_config_callback=None)
+    (callback,) = [cb for cb in built.value.args[0].callbacks if isinstance(cb, LambdaCallback)]
+    assert callback.on_fit_start is print
+    assert not (tmp_path / "logs").exists()
