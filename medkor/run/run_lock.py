@@ -51,15 +51,20 @@ class Holder:
         return f"pid {self.pid} on host {self.host}, since {self.since}: `{self.command}`"
 
 
-def process_start(pid: int) -> Optional[int]:
-    """The start time of process `pid` in clock ticks since boot (None where /proc cannot tell)."""
+def _proc_stat(pid: int) -> Optional[list[str]]:
+    """Fields 3.. of /proc/PID/stat (state, ppid, ...); None where /proc cannot tell."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
     except OSError:
         return None
-    fields = stat[stat.rfind(")") + 2:].split()  # the command name may hold spaces and parentheses
+    return stat[stat.rfind(")") + 2:].split()  # the command name may hold spaces and parentheses
+
+
+def process_start(pid: int) -> Optional[int]:
+    """The start time of process `pid` in clock ticks since boot (None where /proc cannot tell)."""
+    fields = _proc_stat(pid)
     try:
-        return int(fields[19])  # field 22 of stat; fields[0] is field 3
+        return int(fields[19]) if fields else None  # field 22 of stat
     except (IndexError, ValueError):
         return None
 
@@ -74,6 +79,9 @@ def holder_running(holder: Holder) -> Optional[bool]:
         return False
     except PermissionError:
         pass  # another user's process: it exists
+    fields = _proc_stat(holder.pid)
+    if fields and fields[0] in ("Z", "X"):
+        return False  # killed, not yet reaped by its parent: it writes nothing more
     started = process_start(holder.pid)
     if holder.process_start is not None and started is not None and started != holder.process_start:
         return False  # the pid now belongs to a process started later

@@ -101,6 +101,22 @@ def test_a_stale_lock_is_taken_over_with_a_line(tmp_path, case):
     assert not (tmp_path / LOCK_NAME).exists()
 
 
+def test_a_killed_holder_not_yet_reaped_is_stale(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _plant(tmp_path, child.pid, started=process_start(child.pid))
+        child.kill()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child.pid}/stat").read_text().split(") ")[1][0] != "Z" and time.monotonic() < deadline:
+            time.sleep(0.01)  # a zombie until waited for, as a SIGKILLed run whose launcher has not reaped it yet
+        said = []
+        RunLock(tmp_path, "medkor fit").acquire(say=said.append)
+        assert len(said) == 1 and f"pid {child.pid}" in said[0], said
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_a_lock_of_another_host_is_never_taken(tmp_path):
     path = _plant(tmp_path, _dead_pid(), host="gpu-node-07")  # dead here means nothing: it is another machine's pid
     before = path.read_bytes()
