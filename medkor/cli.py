@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "extend-vocab": ("medkor.commands.extend_vocab", "Extend a tokenizer with Korean (medical) tokens."),
     "export": ("medkor.commands.export", "Write a Hugging Face folder from a config and an optional checkpoint."),
     "plot": ("medkor.commands.plot", "Plot losses and KorMedMCQA accuracy of a run folder."),
+    "plan": ("medkor.commands.plan", "Parameters and predicted memory per device of a config, without weights."),
 }
 TRAINING = {
     "fit": "Train: KorMedMCQA baseline, then epochs with validation and evaluation.",

@@ -1,0 +1,75 @@
+"""`medkor plan`: the command on the demo config (text, JSON, strategies, warnings, errors)."""
+
+from __future__ import annotations
+
+import json
+
+from medkor.commands.plan import main
+from medkor.model.build import build_model
+from medkor.model.policies import count_parameters
+
+DEMO = "configs/demo.yaml"
+
+
+def _json(capsys, *args: str) -> dict:
+    assert main(["--config", DEMO, "--json", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_text_names_growth_counts_and_terms(capsys):
+    assert main(["--config", DEMO]) == 0
+    out = capsys.readouterr().out
+    assert "embedding    1,664 -> 2,048 rows (checkpoint tokenizer 1,600 tokens, training tokenizer 2,000" in out
+    assert "parameters   1,247,616 total, 1,247,616 trainable (100.00 %)" in out
+    for term in ("weights", "gradients", "optimizer states", "activations", "loss step", "evaluation", "peak"):
+        assert f"  {term} " in out
+    assert "micro-batch 8 x 256 tokens" in out and "KorMedMCQA, 16 x 512 tokens" in out
+
+
+def test_json_counts_equal_the_model_fit_builds(capsys):
+    report = _json(capsys, "--model.trainable", "embeddings+lora", "--data.batch_size", "2")
+    built = build_model("medkor/assets/demo/tiny-gemma3", "medkor/assets/demo/tokenizer-extended",
+                        trainable="embeddings+lora")
+    trainable, total = count_parameters(built.model)
+    model, memory = report["model"], report["memory"]
+    assert (model["trainable_params"], model["total_params"]) == (trainable, total)
+    assert sum(model["lora_modules"].values()) == 28  # 4 layers x 7 projections
+    assert report["setup"]["micro_batch"] == 2 and report["setup"]["device"] == "cpu"
+    assert memory["weights"] == 4 * total and memory["optimizer_states"] == 8 * trainable
+    assert memory["peak"] == max(memory["moments"].values()) and memory["fits"]
+
+
+def test_fsdp_strategy_units_and_devices(capsys):
+    report = _json(capsys, "--config", "configs/strategies/fsdp.yaml", "--devices", "4")
+    setup, fsdp = report["setup"], report["model"]["fsdp"]
+    assert (setup["strategy"], setup["devices"], setup["device"]) == ("fsdp", 4, "cuda")
+    assert setup["gradient_checkpointing"]  # the strategy's activation checkpointing
+    assert fsdp["count"] == 4 and fsdp["classes"] == ["Gemma3DecoderLayer"]
+    assert fsdp["root_params"] + fsdp["unit_params"] == report["model"]["total_params"]
+    single = _json(capsys, "--trainer.accelerator", "gpu")
+    assert report["memory"]["optimizer_states"] == single["memory"]["optimizer_states"] // 4
+
+
+def test_too_small_device_warns_and_names_changes(capsys):
+    assert main(["--config", DEMO, "--device_memory", "0.01"]) == 0
+    captured = capsys.readouterr()
+    assert "does NOT fit" in captured.out and "change:" in captured.out
+    assert "model.gradient_checkpointing: true" in captured.out and "data.batch_size: 4" in captured.out
+    assert "medkor plan: warning: predicted peak" in captured.err
+    report = _json(capsys, "--device_memory", "0.01")
+    assert not report["memory"]["fits"] and report["advice"]
+    assert all(tip["peak"] < report["memory"]["peak"] for tip in report["advice"])
+
+
+def test_errors_are_one_line(tmp_path, capsys):
+    assert main([]) == 2
+    assert "--config is required" in capsys.readouterr().err
+    assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    (tmp_path / "tokenizer.json").write_text("{}")
+    assert main(["--config", DEMO, "--model.model_name_or_path", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("medkor plan: error: model.model_name_or_path") and "no config.json" in err
+    assert err.count("\n") == 1
+    assert main(["--config", DEMO, "--device_memory", "-1"]) == 2
+    assert "--device_memory must be > 0" in capsys.readouterr().err
