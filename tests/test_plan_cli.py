@@ -73,3 +73,12 @@ def test_errors_are_one_line(tmp_path, capsys):
     assert err.count("\n") == 1
     assert main(["--config", DEMO, "--device_memory", "-1"]) == 2
     assert "--device_memory must be > 0" in capsys.readouterr().err
+
+
+def test_markdown_has_every_policy_and_the_fit_table(capsys):
+    assert main(["--config", DEMO, "--markdown"]) == 0
+    out = capsys.readouterr().out
+    for policy in ("new_embeddings", "embeddings", "embeddings+lora", "lora", "full"):
+        assert f"| `{policy}` |" in out
+    assert "## The pipeline medkor replaces" in out and "## What fits on one GPU" in out
+    assert "| **total** / **trainable** |" in out

@@ -218,8 +218,11 @@ def plan_memory(f: ModelFacts, s: RunSetup) -> MemoryPlan:
     ev = evaluation(f, s)
     runtime = CUDA_RUNTIME_BYTES if s.device == "cuda" else 0
     static = weights + moments + runtime
-    # tied trainable embedding: its own dense gradient arrives at the end of backward, beside the head's
+    # tied trainable embedding: its own dense gradient arrives at the end of backward, beside the head's;
+    # `new_embeddings` masks old rows in a hook that clones the gradient it is given
     tied_grad = head_grad if (f.head_tied and f.embedding_trainable) else 0
+    if any(p.policy == "new_embeddings" for p in f.phases):
+        tied_grad += head_grad
     # Lightning zeroes gradients after the training step's forward, just before backward: the
     # previous step's gradients are still there while the next forward and loss run, and
     # through an evaluation that follows an optimizer step.

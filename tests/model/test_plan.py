@@ -184,3 +184,16 @@ def test_demo_plan_counts_equal_the_built_model():
     assert (facts.trainable_params, facts.total_params) == count_parameters(built.model)
     assert (facts.embedding.rows_before, facts.embedding.rows_after) == (built.plan.rows_before, built.plan.rows_after)
     assert sum(facts.lora_modules.values()) == sum(1 for n, _ in built.model.named_modules() if n.endswith("lora_A"))
+
+
+def test_replaced_pipeline_counts_are_reproduced(medgemma):
+    from medkor.model.plan_markdown import replaced_pipeline_counts
+    from medkor.model.policies import LoraOptions
+
+    ref = replaced_pipeline_counts(str(medgemma), N_TOKENS, LoraOptions(r=R))
+    vision_qkv = V_LAYERS * 3 * R * (V_H + V_H)
+    text_lora = LAYERS * LORA_LAYER
+    assert ref["copies"] == 2 * N_TOKENS * H == 1_396_956_160  # untied trainable copies of embedding and head
+    assert ref["lora_vision"] == vision_qkv == 11_943_936
+    assert ref["trainable"] == ref["copies"] + text_lora + vision_qkv == 1_528_110_080
+    assert ref["total"] == (TEXT - ROWS * H + N_TOKENS * H) + VISION + PROJECTOR + ref["trainable"] == 5_855_415_152
