@@ -1,4 +1,4 @@
-"""`medkor cache ls|verify|rm CACHE_DIR`: inspect and clean tokenized caches."""
+"""`medkor cache ls|verify|rm|gc CACHE_DIR`: inspect and clean tokenized caches and their pieces."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ def _parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", allow_abbrev=False, help="List caches: size, rows, tokens, created, what went into the key.")
     ls.add_argument("cache_dir", type=Path, help="The cache directory (default of a run: <data_dir>/.cache).")
     ls.add_argument("--json", action="store_true", help="One JSON object per cache instead of text.")
+    ls.add_argument("--pieces", action="store_true", help="Also list every tokenized piece and the caches that use it.")
     verify = sub.add_parser("verify", allow_abbrev=False, help="Check manifests against the Arrow files (hashes, rows, tokens).")
     verify.add_argument("cache_dir", type=Path)
     verify.add_argument("names", nargs="*", help="Only these caches (name or prefix).")
@@ -24,10 +25,39 @@ def _parser() -> argparse.ArgumentParser:
     rm.add_argument("--older-than", type=float, metavar="DAYS", help="Also remove caches built more than DAYS ago.")
     rm.add_argument("--all", action="store_true", help="Remove every cache in the directory.")
     rm.add_argument("--dry-run", action="store_true", help="Only print what would be removed.")
+    gc = sub.add_parser("gc", allow_abbrev=False,
+                        help="Remove tokenized pieces that no cache uses and no running build holds.")
+    gc.add_argument("cache_dir", type=Path)
+    gc.add_argument("--dry-run", action="store_true", help="Only print what would be removed.")
     return parser
 
 
-def _ls(cache_dir: Path, as_json: bool) -> int:
+def _size(size: float) -> str:
+    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB"
+
+
+def _ls_pieces(cache_dir: Path, as_json: bool, each: bool) -> None:
+    from medkor.data.inventory import list_pieces
+
+    pieces = list_pieces(cache_dir)
+    if as_json:
+        for piece in pieces if each else []:
+            print(json.dumps(piece, ensure_ascii=False))
+        return
+    if not pieces:
+        return
+    unused = [p for p in pieces if not p["used_by"] and not p["claimed"]]
+    users = sorted({name for p in pieces for name in p["used_by"]})
+    print(f"pieces: {len(pieces)} in {cache_dir / '.pieces'} ({_size(sum(p['bytes'] for p in pieces))}), "
+          f"used by {len(users)} cache(s); {sum(p['claimed'] for p in pieces)} held by a running build; "
+          f"{len(unused)} unused ({_size(sum(p['bytes'] for p in unused))})"
+          + (f": `medkor cache gc {cache_dir}` removes them" if unused else ""))
+    for piece in pieces if each else []:
+        where = ", ".join(piece["used_by"]) or ("held by a running build" if piece["claimed"] else "unused")
+        print(f"    {piece['piece']}  {_size(piece['bytes'])}  {where}")
+
+
+def _ls(cache_dir: Path, as_json: bool, each_piece: bool = False) -> int:
     from medkor.data.inventory import list_caches  # pyarrow: imported once the arguments are known
 
     entries = list_caches(cache_dir)
@@ -38,11 +68,23 @@ def _ls(cache_dir: Path, as_json: bool) -> int:
         print(f"{entry['name']}  {entry['bytes'] / 2**20:.1f} MiB  {entry['state']}")
         if "rows" in entry:
             print(f"    {entry['rows']} rows, {entry['tokens']} tokens, {entry['documents']} documents, "
-                  f"{entry['skipped']} skipped, created {entry['created']}")
+                  f"{entry['skipped']} skipped, {entry['pieces']} pieces, created {entry['created']}")
             print(f"    tokenizer {entry['tokenizer_path']}; files {', '.join(entry['files'])}")
             print(f"    {json.dumps(entry['params'], ensure_ascii=False)}")
     if not entries and not as_json:
         print(f"no caches in {cache_dir}")
+    _ls_pieces(cache_dir, as_json, each_piece)
+    return 0
+
+
+def _gc(cache_dir: Path, dry_run: bool) -> int:
+    from medkor.data.inventory import collect_garbage
+
+    removed, kept = collect_garbage(cache_dir, dry_run)
+    for path, size in removed:
+        print(f"{'would remove' if dry_run else 'removed'} {path} ({_size(size)})")
+    print(f"{len(removed)} unused piece(s) {'to remove' if dry_run else 'removed'} "
+          f"({_size(sum(size for _, size in removed))}); {kept} in use kept")
     return 0
 
 
@@ -90,9 +132,11 @@ def main(argv: list[str]) -> int:
         print(f"medkor cache {args.action}: error: {args.cache_dir} is not a directory", file=sys.stderr)
         return 2
     if args.action == "ls":
-        return _ls(args.cache_dir, args.json)
+        return _ls(args.cache_dir, args.json, args.pieces)
     if args.action == "verify":
         return _verify(args.cache_dir, args.names)
+    if args.action == "gc":
+        return _gc(args.cache_dir, args.dry_run)
     return _rm(args.cache_dir, args.names, args.older_than, args.all, args.dry_run)
 
 

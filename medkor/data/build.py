@@ -1,4 +1,11 @@
-"""Build the rows of one split into a folder: read -> tokenize (every core) -> pack -> Arrow.
+"""Build the rows of one split into a folder: pieces -> the split's documents -> pack -> Arrow.
+
+The pieces come in file order (`pieces.pieces_in_order`: read from the store, or
+tokenized on the way). Here the split's own choices act on them, exactly as on one
+stream of lines: which documents it keeps (`val_fraction`), bad lines (`on_bad_record`),
+examples longer than a row (`on_long_example`), `max_samples` (the first documents in
+file order), then packing. The rows therefore never depend on how the files were cut
+into pieces, which pieces were cached, or how many processes tokenized them.
 
 The caller owns the folder (a temporary one inside the cache directory); this module
 knows nothing about keys, locks or publishing.
@@ -8,16 +15,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
+import numpy as np
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
-from medkor.data.encode import OnLongExample, encode_split
-from medkor.data.example_packing import ExamplePacker
-from medkor.data.packing import Packer, learned_tokens
+from medkor.data.encode import EncodedChunk, OnLongExample
+from medkor.data.packing import learned_tokens, packer_for
+from medkor.data.pieces import PieceRef
 from medkor.data.rows import ROWS_FILE, rows_per_batch, write_rows
-from medkor.data.sources import DataError, ReadStats, Selection
+from medkor.data.sources import DataError, ReadStats, Selection, no_records_error
 
 
 @dataclass
@@ -61,40 +69,116 @@ def whole_documents(tokenizer: Any) -> Any:
     return backend
 
 
+def _in_file(ref: PieceRef, chunk: EncodedChunk, selection: Selection) -> tuple[Path, EncodedChunk]:
+    """A piece's documents that the split keeps, with line numbers of the file."""
+    shift = ref.first_line - 1
+    keep = selection.keep_mask(chunk.draws, len(chunk.lengths))
+    problems = [(line + shift, text) for line, text in chunk.problems]
+    if keep.all():
+        return ref.path, EncodedChunk(chunk.values, chunk.lengths, chunk.line_numbers + shift, chunk.records,
+                                      problems, chunk.ignored)
+    tokens = np.repeat(keep, chunk.lengths)
+    return ref.path, EncodedChunk(chunk.values[tokens], chunk.lengths[keep], chunk.line_numbers[keep] + shift,
+                                  chunk.records, problems, None if chunk.ignored is None else chunk.ignored[tokens])
+
+
+def _drop_long(path: Path, result: EncodedChunk, limit: int, on_long: OnLongExample, selection: Selection,
+               stats: ReadStats) -> EncodedChunk:
+    """Examples longer than `limit` (never cut in two): an error naming the first, or skipped and counted."""
+    long = result.lengths > limit
+    if not long.any():
+        return result
+    first = int(result.line_numbers[int(np.argmax(long))])
+    if on_long == "error":
+        stats.record(path, [(line, p) for line, p in result.problems if line < first], selection.on_bad_record)
+        size = int(result.lengths[int(np.argmax(long))])
+        raise DataError(
+            f"{path}:{first}: example has {size} tokens, more than max_length {limit}, and an example "
+            "is never cut in two; raise max_length, shorten the record, or set on_long_example: skip"
+        )
+    for line, size in zip(result.line_numbers[long], result.lengths[long]):
+        stats.record_long(path, int(line), int(size), limit)
+    keep = np.repeat(~long, result.lengths)
+    return EncodedChunk(result.values[keep], result.lengths[~long], result.line_numbers[~long],
+                        result.records, result.problems, result.ignored[keep])
+
+
+def split_documents(
+    pieces: Iterable[tuple[PieceRef, EncodedChunk]],
+    selection: Selection,
+    stats: ReadStats,
+    on_documents: Callable[[int], Any] = lambda count: None,
+    max_example: Optional[int] = None,
+    on_long_example: OnLongExample = "error",
+) -> Iterator[tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]]:
+    """The split's documents as (flat int32 tokens, lengths, ignored flags or None) batches, in file order.
+
+    Bad lines raise `DataError` naming `file:line`, or are counted in `stats` when
+    skipped; an example (any format but `text`) longer than `max_example` tokens is an
+    error or skipped (`on_long_example`); taking stops after `max_samples` kept documents
+    (bad lines after the last one taken are not looked at); a file without a single
+    usable record is an error. `on_documents` is told each batch's size.
+    """
+    if on_long_example not in ("error", "skip"):
+        raise ValueError(f"on_long_example must be 'error' or 'skip', got {on_long_example!r}")
+    records = {Path(path): 0 for path in selection.files}
+    kept, limit = 0, selection.max_samples
+    for ref, chunk in pieces:
+        path, result = _in_file(ref, chunk, selection)
+        if result.ignored is not None and max_example is not None:
+            result = _drop_long(path, result, max_example, on_long_example, selection, stats)
+        values, lengths, problems, ignored = result.values, result.lengths, result.problems, result.ignored
+        full = limit is not None and kept + len(lengths) >= limit
+        if full:  # take the first documents only; lines after the last one taken are not read
+            take = limit - kept
+            last_line = int(result.line_numbers[take - 1])
+            problems = [(line, problem) for line, problem in problems if line < last_line]
+            tokens = int(lengths[:take].sum())
+            values, lengths = values[:tokens], lengths[:take]
+            ignored = None if ignored is None else ignored[:tokens]
+        stats.record(path, problems, selection.on_bad_record)
+        records[path] += result.records
+        kept += len(lengths)
+        on_documents(len(lengths))
+        if len(lengths):
+            yield values, lengths, ignored
+        if full:
+            return
+    for path, count in records.items():
+        if count == 0:
+            raise no_records_error(path)
+
+
 def build_split(
     selection: Selection,
-    tokenizer: Any,
+    pieces: Iterable[tuple[PieceRef, EncodedChunk]],
     folder: Path,
     max_length: int,
     packing: bool,
-    num_proc: Optional[int],
     split: str,
     on_long_example: OnLongExample = "error",
 ) -> BuildStats:
-    """Tokenize and pack one split into `folder/rows.arrow`.
+    """Select and pack one split's documents from its pieces into `folder/rows.arrow`.
 
     Plain text streams into rows cut at `max_length`; every other format is packed
     as whole examples (best-fit decreasing), an example longer than a row being an
     error or skipped (`on_long_example`).
     """
-    bos, eos, _ = special_ids(tokenizer)
     read = ReadStats()
     stats = BuildStats(max_length=max_length)
     examples = selection.spec.examples
-    packer = ExamplePacker(max_length, packing) if examples else Packer(max_length, packing)
+    packer = packer_for(examples, max_length, packing)
     expected = 0
-    with tqdm(desc=f"Tokenizing {split}", unit=" docs") as progress:
-        encoded = encode_split(
-            selection, whole_documents(tokenizer), bos, eos, num_proc, read, progress.update,
-            tokenizer=tokenizer, max_example=max_length if examples else None, on_long_example=on_long_example,
-        )
+    with tqdm(desc=f"Building {split}", unit=" docs") as progress:
+        documents = split_documents(pieces, selection, read, progress.update,
+                                    max_example=max_length if examples else None, on_long_example=on_long_example)
 
         def batches():
             nonlocal expected
-            for values, lengths, ignored in encoded:
+            for values, lengths, ignored in documents:
                 stats.documents += len(lengths)
                 expected += len(values)
-                yield from counted(packer.add(values, lengths, ignored) if examples else packer.add(values, lengths))
+                yield from counted(packer.add(values, lengths, ignored))
             yield from counted(packer.finish())
 
         def counted(rows):

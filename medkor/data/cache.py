@@ -1,15 +1,27 @@
-"""The tokenized-data cache: content key, atomic publish, lock, sweep, verify, load.
+"""The tokenized-data cache: store (pieces -> rows), lock, publish, check, open.
+
+A request takes three steps, in this order: its key (`key.resolve`: key inputs, key,
+folder), the store (a hit, or pieces tokenized where missing and assembled into rows
+under the key's lock, then published) and the open (`open_cache`: manifest, rows
+checked, memory-mapped).
 
 Layout under `cache_dir`:
-    <split>-<key20>/rows.arrow, manifest.json   a published cache (manifest written last)
+    <split>-<key20>/rows.arrow, pieces.json, manifest.json   a published cache (manifest written last)
     <split>-<key20>.lock                        serialises builders of that key
     .tmp-<split>-<key20>-<host>-<pid>-<rand>/   a build in progress (or a dead one)
     .trash-<split>-<key20>-<rand>/              a replaced cache being removed
+    .pieces/                                    tokenized pieces by content (see pieces.py)
     fingerprints.json                           remembered content hashes (see fingerprint.py)
 
 A folder at a published name only ever appears by renaming a finished temporary
 folder whose manifest was written and synced last, so a build killed at any moment
-leaves nothing that can be taken for a cache.
+leaves nothing that can be taken for a cache, and the previous caches and pieces stay usable.
+
+Checked as read: a process that finds or opens a cache compares the rows file's
+content hash with its manifest. The hash is remembered with the file's (device,
+inode, size, mtime, ctime), as data files' hashes are, so it is computed once per
+change of the file: any write to it (flipped ids, same size) moves its ctime and is
+found before a row is read, while a warm start only stats the file.
 """
 
 from __future__ import annotations
@@ -21,45 +33,30 @@ import shutil
 import socket
 import time
 import uuid
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from filelock import FileLock, Timeout
-
-from medkor.data.build import build_split, special_ids
-from medkor.data.fingerprint import FingerprintMemo, file_fingerprints, hash_bytes_of, hash_text, tokenizer_fingerprint
-from medkor.data.rows import ROWS_FILE, RowsFile
-from medkor.data.sources import Selection
+from medkor.data.build import build_split, special_ids, whole_documents
+from medkor.data.encode import ChunkEncoder
+from medkor.data.fingerprint import FingerprintMemo, hash_bytes_of
+from medkor.data.key import (  # noqa: F401  (re-exported: the names callers know this module by)
+    CACHE_VERSION, CacheError, CacheRequest, Resolved, TokenizerLoader, cache_key, folder_name, key_inputs, resolve,
+    save_quietly,
+)
+from medkor.data.lock import DEFAULT_TIMEOUT, BuildLock, LockTimeout
+from medkor.data.pieces import Claim, PieceRef, PieceStore, build_pieces, pieces_in_order, plan_pieces
+from medkor.data.rows import ROWS_FILE, RowsFile, unreadable
 
 log = logging.getLogger("medkor.data")
 
-CACHE_VERSION = 3  # 3: rows carry ignored spans (formats with prompts)
 MANIFEST = "manifest.json"
+PIECES_LIST = "pieces.json"
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
-DISK_FACTOR = 4.5  # staged text + tokenized shards + rows, per byte of JSONL (generous)
-
-
-class CacheError(RuntimeError):
-    """A cache that is missing, damaged, or cannot be built (the message says what to do)."""
-
-
-@dataclass
-class CacheRequest:
-    """Everything that decides the rows of one split, and where they are cached."""
-
-    split: str
-    selection: Selection
-    data_dir: Path
-    cache_dir: Path
-    tokenizer_path: str
-    max_length: int = 2048
-    packing: bool = True
-    num_proc: Optional[int] = None
-    overwrite: bool = False
-    on_long_example: str = "error"  # formats with examples: one longer than a row is an error or skipped
+DISK_FACTOR = 4.5  # pieces + rows + temporaries, per byte of JSONL (generous)
 
 
 @dataclass
@@ -91,36 +88,6 @@ class CacheResult:
             "fill_rate": round(self.fill_rate, 4),
             "seconds": round(self.seconds, 3),
         }
-
-
-def key_inputs(request: CacheRequest, memo: FingerprintMemo, load_tokenizer: Callable[[], Any]) -> dict[str, Any]:
-    """What goes into the key: tokenizer content, data files' content, row parameters, version."""
-    sel = request.selection
-    return {
-        "version": CACHE_VERSION,
-        "tokenizer": tokenizer_fingerprint(request.tokenizer_path, memo, load_tokenizer),
-        "files": file_fingerprints(sel.files, Path(request.data_dir), memo),
-        "params": {
-            "split": request.split,
-            **sel.spec.key(),
-            "max_length": request.max_length,
-            "packing": request.packing,
-            "max_samples": sel.max_samples,
-            "val_fraction": sel.val_fraction,
-            "from_train": sel.val_fraction > 0,
-            "seed": sel.seed,
-            "on_bad_record": sel.on_bad_record,
-            **({"on_long_example": request.on_long_example} if sel.spec.examples else {}),
-        },
-    }
-
-
-def cache_key(inputs: dict[str, Any]) -> str:
-    return hash_text(json.dumps(inputs, sort_keys=True, ensure_ascii=False))
-
-
-def folder_name(split: str, key: str) -> str:
-    return f"{split}-{key[:20]}"
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
@@ -254,31 +221,102 @@ def _publish(tmp: Path, final: Path) -> bool:
     return True
 
 
-def _build(
-    request: CacheRequest, inputs: dict[str, Any], key: str, final: Path, tokenizer: Any
-) -> tuple[Path, dict[str, Any]]:
-    """Build into a temporary folder next to `final`; returns (folder, manifest), not yet published."""
+def _stat_of(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _rows_memo_name(folder: Path) -> str:
+    return f"rows:{(folder / ROWS_FILE).resolve()}"
+
+
+def check_rows(folder: Path, manifest: dict[str, Any], memo: FingerprintMemo) -> Optional[str]:
+    """Why the rows file differs from what was built, or None. Hashes it only when its stat changed."""
+    path = folder / ROWS_FILE
+    expected = manifest["files"][ROWS_FILE].get("xxh3")
+    digest = memo.content_hash(_rows_memo_name(folder), [path], lambda: hash_bytes_of(path))
+    if digest == expected:
+        return None
+    return f"{path} was changed or damaged after it was built (content hash {digest[:16]}, manifest {str(expected)[:16]})"
+
+
+def check_cache(folder: Path, key: Optional[str], memo: FingerprintMemo) -> Optional[str]:
+    """Why `folder` is not a usable cache for `key`, or None: manifest, file sizes, rows content."""
+    reason = check_manifest(folder, key)
+    if reason is not None:
+        return reason
+    return check_rows(folder, read_manifest(folder), memo)
+
+
+def _remember_built(memo: FingerprintMemo, tmp: Path, final: Path, digest: str) -> None:
+    """Record the hash just computed of a rows file this build wrote, under its published name.
+
+    A file in a build's private folder cannot have been written by anyone else since,
+    so the racy-window rule of data files does not apply; the stat (inode, ctime) is
+    unchanged by the folder's rename.
+    """
+    memo.entries[_rows_memo_name(final)] = {"stat": [_stat_of(tmp / ROWS_FILE)], "hash": digest}
+    memo.dirty = True
+
+
+@dataclass
+class _Built:
+    index: int
+    tmp: Path
+    final: Path
+    manifest: dict[str, Any]
+    seconds: float
+
+
+def _encoder_factory(request: CacheRequest, tokenizer: Any) -> Callable[[], ChunkEncoder]:
+    selection = request.selection
+    draw_seed = selection.seed if selection.val_fraction > 0 else None
+
+    def make() -> ChunkEncoder:
+        bos, eos, _ = special_ids(tokenizer)
+        return ChunkEncoder(selection.spec, whole_documents(tokenizer), bos, eos, tokenizer, draw_seed)
+
+    return make
+
+
+def _build(request: CacheRequest, resolved: Resolved, tokenizer: Any, claims: ExitStack,
+           memo: FingerprintMemo) -> tuple[Path, dict[str, Any]]:
+    """Build into a temporary folder next to the final one; returns (folder, manifest), not yet published.
+
+    The pieces it uses stay claimed (`claims`) until the caller has published.
+    """
+    final = resolved.folder
     tmp = request.cache_dir / f"{TMP_PREFIX}{final.name}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    store = PieceStore(request.cache_dir)
+    store.remove_stale_temporaries()
+    refs = plan_pieces(request, resolved, store)
+    claims.enter_context(Claim(store, final.name, [ref.key for ref in refs]))
     tmp.mkdir()
     start = time.perf_counter()
+    used: list[str] = []
+    counts = {"read": 0, "tokenized": 0}
+    missing = {ref.key for ref in refs if not store.has(ref.key)}
+
+    def pieces():
+        for ref, chunk in pieces_in_order(refs, store, _encoder_factory(request, tokenizer), request.num_proc,
+                                          request.piece_bytes):
+            used.append(ref.key)
+            counts["tokenized" if ref.key in missing else "read"] += 1
+            missing.discard(ref.key)
+            yield ref, chunk
+
     try:
-        stats = build_split(
-            request.selection,
-            tokenizer,
-            tmp,
-            request.max_length,
-            request.packing,
-            request.num_proc,
-            request.split,
-            request.on_long_example,  # type: ignore[arg-type]
-        )
+        stats = build_split(request.selection, pieces(), tmp, request.max_length, request.packing, request.split,
+                            request.on_long_example)  # type: ignore[arg-type]
         bos, eos, pad = special_ids(tokenizer)
         rows_path = tmp / ROWS_FILE
         _fsync_file(rows_path)
+        digest = hash_bytes_of(rows_path)
+        (tmp / PIECES_LIST).write_text(json.dumps(list(dict.fromkeys(used))), encoding="utf-8")
         manifest = {
             "version": CACHE_VERSION,
-            "key": key,
-            "inputs": inputs,
+            "key": resolved.key,
+            "inputs": resolved.inputs,
             "split": request.split,
             "tokenizer_path": request.tokenizer_path,
             "data_dir": str(request.data_dir),
@@ -296,7 +334,11 @@ def _build(
             "bos_token_id": bos,
             "eos_token_id": eos,
             "pad_token_id": pad,
-            "files": {ROWS_FILE: {"size": rows_path.stat().st_size, "xxh3": hash_bytes_of(rows_path)}},
+            "pieces": {"used": len(set(used)), "tokenized": counts["tokenized"], "reused": counts["read"]},
+            "files": {
+                ROWS_FILE: {"size": rows_path.stat().st_size, "xxh3": digest},
+                PIECES_LIST: {"size": (tmp / PIECES_LIST).stat().st_size, "xxh3": hash_bytes_of(tmp / PIECES_LIST)},
+            },
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "build_seconds": round(time.perf_counter() - start, 3),
         }
@@ -305,6 +347,8 @@ def _build(
         _fsync_file(manifest_tmp)
         os.rename(manifest_tmp, tmp / MANIFEST)  # the manifest appears last, whole
         _fsync_dir(tmp)
+        _remember_built(memo, tmp, final, digest)
+        log.info("%s: %d pieces tokenized, %d reused", request.split, counts["tokenized"], counts["read"])
         if stats.skipped:
             log.warning(
                 "%s: skipped %d bad records (on_bad_record: skip), e.g. %s",
@@ -328,47 +372,35 @@ def _hit(request: CacheRequest, folder: Path, key: str, start: float) -> CacheRe
     )
 
 
-class _Tokenizer:
-    """Loads the tokenizer once, and only if something needs it."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.value: Any = None
-
-    def __call__(self) -> Any:
-        if self.value is None:
-            from transformers import AutoTokenizer
-
-            self.value = AutoTokenizer.from_pretrained(self.path)
-        return self.value
-
-
-def resolve(request: CacheRequest, load_tokenizer: Optional[Callable[[], Any]] = None) -> tuple[dict[str, Any], str, Path]:
-    """(key inputs, key, folder) of a request; loads the tokenizer only if its files changed."""
-    memo = FingerprintMemo(request.cache_dir)
-    inputs = key_inputs(request, memo, load_tokenizer or _Tokenizer(request.tokenizer_path))
-    try:
-        memo.save()
-    except OSError:
-        pass  # a read-only cache dir still serves hits
-    key = cache_key(inputs)
-    return inputs, key, Path(request.cache_dir) / folder_name(request.split, key)
-
-
 def _sweep_if_idle(cache_dir: Path, name: str) -> None:
     """Remove a key's leftover build folders when no builder of that key is running."""
     if not any(p.name.startswith((f"{TMP_PREFIX}{name}-", f"{TRASH_PREFIX}{name}-")) for p in cache_dir.iterdir()):
         return
-    lock = FileLock(str(cache_dir / f"{name}.lock"))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
+    lock = BuildLock(cache_dir / f"{name}.lock", what=name)
+    if not lock.try_acquire():
         return  # a live builder owns them
     try:
         for stale in sweep(cache_dir, name):
             log.info("removed stale build folder %s", stale)
     finally:
         lock.release()
+
+
+class _Memos:
+    """One remembered-hash memo per cache directory, loaded once and saved at the end."""
+
+    def __init__(self) -> None:
+        self.memos: dict[Path, FingerprintMemo] = {}
+
+    def __call__(self, cache_dir: Path) -> FingerprintMemo:
+        cache_dir = Path(cache_dir)
+        if cache_dir not in self.memos:
+            self.memos[cache_dir] = FingerprintMemo(cache_dir)
+        return self.memos[cache_dir]
+
+    def save(self) -> None:
+        for memo in self.memos.values():
+            save_quietly(memo)
 
 
 def ensure_cache(request: CacheRequest, load_tokenizer: Optional[Callable[[], Any]] = None) -> CacheResult:
@@ -383,90 +415,150 @@ def ensure_caches(requests: list[CacheRequest], load_tokenizer: Optional[Callabl
     locks (taken in name order, so builders of overlapping sets cannot deadlock),
     smallest input first so that bad data in a small split fails fast, and are
     published only once every one of them built: bad input in any split leaves
-    nothing published.
+    nothing published (pieces tokenized on the way are kept; the next build reuses them).
     """
     start = time.perf_counter()
     loaders: dict[str, Callable[[], Any]] = {}
+    memos = _Memos()
 
     def loader_of(request: CacheRequest) -> Callable[[], Any]:
         if load_tokenizer is not None:
             return load_tokenizer
-        return loaders.setdefault(request.tokenizer_path, _Tokenizer(request.tokenizer_path))
+        return loaders.setdefault(request.tokenizer_path, TokenizerLoader(request.tokenizer_path))
 
     results: dict[int, CacheResult] = {}
-    misses: list[tuple[int, dict[str, Any], str, Path, str]] = []
+    misses: list[tuple[int, Resolved, str]] = []
     for index, request in enumerate(requests):
         request.cache_dir = Path(request.cache_dir)
         request.cache_dir.mkdir(parents=True, exist_ok=True)
-        inputs, key, final = resolve(request, loader_of(request))
+        memo = memos(request.cache_dir)
+        resolved = resolve(request, loader_of(request), memo)
+        final = resolved.folder
         if not request.overwrite:
-            reason = check_manifest(final, key)
+            reason = check_cache(final, resolved.key, memo)
             if reason is None:
                 log.info("cache hit for %s: %s", request.split, final)
                 _sweep_if_idle(request.cache_dir, final.name)
-                results[index] = _hit(request, final, key, start)
+                results[index] = _hit(request, final, resolved.key, start)
                 continue
-            why = reason if final.exists() else explain_miss(request.cache_dir, inputs)
+            why = reason if final.exists() else explain_miss(request.cache_dir, resolved.inputs)
         else:
             why = "overwrite_cache is set"
-        misses.append((index, inputs, key, final, why))
+        misses.append((index, resolved, why))
     if not misses:
+        memos.save()
         return [results[i] for i in range(len(requests))]
 
     locks = []
-    built: list[tuple[int, Path, Path, dict[str, Any], float]] = []  # index, tmp, final, manifest, seconds
+    built: list[_Built] = []
     try:
-        for index, inputs, key, final, why in sorted(misses, key=lambda m: m[3].name):
-            lock = FileLock(str(requests[index].cache_dir / f"{final.name}.lock"))
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                log.info(
-                    "cache for %s is being built by another process; waiting for %s",
-                    requests[index].split, lock.lock_file,
+        with ExitStack() as claims:
+            for index, resolved, why in sorted(misses, key=lambda m: m[1].name):
+                request = requests[index]
+                lock = BuildLock(request.cache_dir / f"{resolved.name}.lock", what=resolved.name)
+                if not lock.try_acquire():
+                    log.info("cache for %s is being built by another process; waiting for %s", request.split, lock.path)
+                    try:
+                        lock.acquire(timeout=DEFAULT_TIMEOUT if request.lock_timeout is None else request.lock_timeout)
+                    except LockTimeout as err:
+                        raise CacheError(str(err)) from None
+                locks.append(lock)
+            by_size = sorted(misses, key=lambda m: sum(Path(f).stat().st_size for f in requests[m[0]].selection.files))
+            for index, resolved, why in by_size:
+                request = requests[index]
+                final = resolved.folder
+                memo = memos(request.cache_dir)
+                if not request.overwrite and check_cache(final, resolved.key, memo) is None:
+                    log.info("cache hit for %s after waiting: %s", request.split, final)
+                    results[index] = _hit(request, final, resolved.key, start)
+                    continue
+                for stale in sweep(request.cache_dir, final.name):
+                    log.info("removed stale build folder %s", stale)
+                if final.exists() and not request.overwrite:
+                    # a damaged folder at the published name: replace it like an overwrite
+                    log.warning("replacing damaged cache %s (%s)", final, why)
+                log.info("cache miss for %s (%s); building %s", request.split, why, final)
+                _check_disk(request)
+                split_start = time.perf_counter()
+                tmp, manifest = _build(request, resolved, loader_of(request)(), claims, memo)
+                built.append(_Built(index, tmp, final, manifest, time.perf_counter() - split_start))
+            # every split built: publish them all (the claims end once they are published)
+            while built:
+                item = built.pop(0)
+                request = requests[item.index]
+                manifest = item.manifest
+                if not _publish(item.tmp, item.final):
+                    manifest = read_manifest(item.final)
+                results[item.index] = CacheResult(
+                    request.split, "built", item.final, manifest["key"], manifest["rows"], manifest["tokens"],
+                    item.seconds, manifest,
                 )
-                lock.acquire()
-            locks.append(lock)
-        by_size = sorted(misses, key=lambda m: sum(Path(f).stat().st_size for f in requests[m[0]].selection.files))
-        for index, inputs, key, final, why in by_size:
-            request = requests[index]
-            if not request.overwrite and check_manifest(final, key) is None:
-                log.info("cache hit for %s after waiting: %s", request.split, final)
-                results[index] = _hit(request, final, key, start)
-                continue
-            for stale in sweep(request.cache_dir, final.name):
-                log.info("removed stale build folder %s", stale)
-            if final.exists() and not request.overwrite:
-                # a damaged folder at the published name: replace it like an overwrite
-                log.warning("replacing damaged cache %s (%s)", final, why)
-            log.info("cache miss for %s (%s); building %s", request.split, why, final)
-            _check_disk(request)
-            split_start = time.perf_counter()
-            tmp, manifest = _build(request, inputs, key, final, loader_of(request)())
-            built.append((index, tmp, final, manifest, time.perf_counter() - split_start))
-        # every split built: publish them all
-        while built:
-            index, tmp, final, manifest, seconds = built.pop(0)
-            request = requests[index]
-            if not _publish(tmp, final):
-                manifest = read_manifest(final)
-            results[index] = CacheResult(
-                request.split, "built", final, manifest["key"], manifest["rows"], manifest["tokens"], seconds, manifest
-            )
     finally:
-        for _, tmp, _, _, _ in built:  # a later split failed: publish none of the finished ones
-            shutil.rmtree(tmp, ignore_errors=True)
+        for item in built:  # a later split failed: publish none of the finished ones
+            shutil.rmtree(item.tmp, ignore_errors=True)
         for lock in reversed(locks):
             lock.release()
+        memos.save()
     return [results[i] for i in range(len(requests))]
 
 
+def build_pieces_for(requests: list[CacheRequest], only: Optional[Callable[[int], bool]] = None,
+                     num_proc: Optional[int] = None, load_tokenizer: Optional[Callable[[], Any]] = None) -> int:
+    """Tokenize the missing pieces of several splits (those whose index `only` accepts); how many were built.
+
+    The pieces of all requests form one list, in request order and file order, each
+    key once; it is the same in every process that sees the same files, so processes
+    given disjoint `only` share the work. `ensure_caches` then only assembles.
+    """
+    memos = _Memos()
+    loaders: dict[str, Callable[[], Any]] = {}
+    seen: set[str] = set()
+    groups: list[tuple[CacheRequest, list[tuple[int, PieceRef]]]] = []
+    total = 0
+    for request in requests:
+        request.cache_dir = Path(request.cache_dir)
+        request.cache_dir.mkdir(parents=True, exist_ok=True)
+        loader = load_tokenizer or loaders.setdefault(request.tokenizer_path, TokenizerLoader(request.tokenizer_path))
+        resolved = resolve(request, loader, memos(request.cache_dir))
+        group = []
+        for ref in plan_pieces(request, resolved, PieceStore(request.cache_dir)):
+            if ref.key not in seen:
+                seen.add(ref.key)
+                group.append((total, ref))
+                total += 1
+        groups.append((request, group))
+    memos.save()
+    count = 0
+    for request, group in groups:
+        chosen = [ref for index, ref in group if only is None or only(index)]
+        if not chosen:
+            continue
+        loader = load_tokenizer or loaders[request.tokenizer_path]
+        store = PieceStore(request.cache_dir)
+        with Claim(store, f"pieces-{request.split}", [ref.key for ref in chosen]):
+            count += build_pieces(chosen, store, lambda: _encoder_factory(request, loader())(),
+                                  num_proc or request.num_proc, piece_bytes=request.piece_bytes)
+    return count
+
+
 def open_cache(request: CacheRequest) -> tuple[RowsFile, dict[str, Any]]:
-    """Verify the manifest and memory-map the rows; never tokenizes (for `setup` on every rank)."""
-    inputs, key, final = resolve(request)
-    reason = check_manifest(final, key)
+    """Check the manifest and the rows' content and memory-map the rows; never tokenizes (for `setup`).
+
+    The rows' content hash is only computed when the file changed since it was last
+    checked (see the module's notes); a changed file is an error naming it.
+    """
+    memo = FingerprintMemo(request.cache_dir)
+    resolved = resolve(request, memo=memo)
+    final = resolved.folder
+    reason = check_manifest(final, resolved.key)
+    if reason is None:
+        reason = check_rows(final, read_manifest(final), memo)
+        if reason is not None:
+            save_quietly(memo)
+            raise unreadable(final / ROWS_FILE, reason.split(" (content hash")[0].removeprefix(f"{final / ROWS_FILE} "))
+    save_quietly(memo)
     if reason is not None:
-        why = reason if final.exists() else explain_miss(Path(request.cache_dir), inputs)
+        why = reason if final.exists() else explain_miss(Path(request.cache_dir), resolved.inputs)
         raise CacheError(
             f"no valid {request.split!r} cache at {final} ({why}); run `medkor prepare --config ...` "
             "or let prepare_data build it"

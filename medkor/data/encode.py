@@ -1,10 +1,11 @@
-"""Tokenize the documents of a split into `<bos> document <eos>` tokens, on every core.
+"""Tokenize chunks of whole lines into `<bos> document <eos>` tokens, on every core.
 
-The parent cuts the files into spans of whole lines and hands them to worker
-processes; each worker reads its lines, checks them, keeps the split's documents,
-tokenizes them with a single-threaded tokenizer and returns flat int32 arrays. Results come back in
-file order, so errors, skips and `max_samples` mean exactly what they mean in one
-process, and the rows do not depend on the number of workers.
+The parent hands spans of whole lines to worker processes; each worker reads its
+lines, checks them, tokenizes every good record with a single-threaded tokenizer and
+returns flat int32 arrays (and writes the piece, see `pieces`). Results come back in
+the order the spans were given, so whatever consumes them sees the files in order and
+the result never depends on the number of workers. Which documents a split keeps,
+`max_samples` and bad-record policies act later, on these results (`build`).
 
 Processes rather than the tokenizer's own threads: in one process the Python side
 (JSON, turning id lists into arrays) competes with the Rust threads for the same
@@ -24,32 +25,33 @@ import warnings
 from dataclasses import dataclass
 from itertools import chain
 from multiprocessing.connection import wait
-from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Optional
 
 import numpy as np
 
-from medkor.data.formats import ExampleEncoder, flatten
-from medkor.data.sources import (
-    CHUNK_BYTES, DataError, LineSpan, ReadStats, Selection, check_file, line_spans, no_records_error, parse_chunk, read_span,
-)
+from medkor.data.formats import ExampleEncoder, FormatSpec, flatten, item_key
+from medkor.data.sources import CHUNK_BYTES, LineSpan, parse_chunk, read_span, validation_draw
 
 IN_FLIGHT_PER_WORKER = 2  # chunks queued per worker: enough to never idle, little memory
 PARALLELISM = "TOKENIZERS_PARALLELISM"
 PR_SET_PDEATHSIG = 1
+OnLongExample = Literal["error", "skip"]
 
 
 @dataclass
 class EncodedChunk:
-    """A chunk's kept documents as flat tokens, with lengths and line numbers, and its bad lines."""
+    """Every good record of a chunk as flat tokens, with lengths and line numbers, and its bad lines.
 
-    path: Path
-    values: np.ndarray  # int32 `<bos> ids <eos>` of every kept document, concatenated
-    lengths: np.ndarray  # int64 tokens per kept document
-    line_numbers: np.ndarray  # int64 line of each kept document
-    records: int  # lines that passed the check, kept by the split or not
+    Line numbers count from the span's `first_line`.
+    """
+
+    values: np.ndarray  # int32 `<bos> ids <eos>` (or an example's ids) of every good record, concatenated
+    lengths: np.ndarray  # int64 tokens per record
+    line_numbers: np.ndarray  # int64 line of each record
+    records: int  # lines that passed the check
     problems: list[tuple[int, str]]
     ignored: Optional[np.ndarray] = None  # bool per token: never a target (None: `text`, all learned)
+    draws: Optional[np.ndarray] = None  # uint64 `validation_draw` per record (None: no seed given)
 
 
 def with_bos_eos(encodings: list[Any], bos: int, eos: int) -> tuple[np.ndarray, np.ndarray]:
@@ -65,32 +67,36 @@ def with_bos_eos(encodings: list[Any], bos: int, eos: int) -> tuple[np.ndarray, 
 
 
 class ChunkEncoder:
-    """Check, select and tokenize one chunk; the same function runs in a worker or in-process.
+    """Check and tokenize every record of a span; the same function runs in a worker or in-process.
 
     `tokenizer` (the Hugging Face one) is needed by the formats that render with its
-    chat template or the evaluation's encoding (`chat`, `mcq`); `backend` tokenizes the rest.
+    chat template or the evaluation's encoding (`chat`, `mcq`); `backend` tokenizes the
+    rest. With a `draw_seed` each record also gets its seeded validation draw.
     """
 
-    def __init__(self, selection: Selection, backend: Any, bos: int, eos: int, tokenizer: Any = None) -> None:
-        self.selection = selection
+    def __init__(self, spec: FormatSpec, backend: Any, bos: int, eos: int, tokenizer: Any = None,
+                 draw_seed: Optional[int] = None) -> None:
+        self.spec = spec
         self.backend = backend  # a `tokenizers.Tokenizer`
         self.bos = bos
         self.eos = eos
-        self.examples = ExampleEncoder(selection.spec, tokenizer, backend, bos, eos)
+        self.draw_seed = draw_seed
+        self.examples = ExampleEncoder(spec, tokenizer, backend, bos, eos)
 
     def __call__(self, span: LineSpan) -> EncodedChunk:
-        chunk = read_span(span)
-        spec = self.selection.spec
-        parsed = parse_chunk(chunk, spec)
-        kept = [i for i, item in enumerate(parsed.texts) if self.selection.keeps(item)]
-        items = [parsed.texts[i] for i in kept]
-        lines = np.array([parsed.line_numbers[i] for i in kept], dtype=np.int64)
-        if not spec.examples:
+        parsed = parse_chunk(read_span(span), self.spec)
+        items = parsed.texts
+        lines = np.array(parsed.line_numbers, dtype=np.int64)
+        draws = None
+        if self.draw_seed is not None:
+            draws = np.fromiter((validation_draw(item_key(i), self.draw_seed) for i in items), dtype=np.uint64,
+                                count=len(items))
+        if not self.spec.examples:
             encodings = self.backend.encode_batch_fast(items, add_special_tokens=False) if items else []
             values, lengths = with_bos_eos(encodings, self.bos, self.eos)
-            return EncodedChunk(chunk.path, values, lengths, lines, len(parsed.texts), parsed.problems)
+            return EncodedChunk(values, lengths, lines, len(items), parsed.problems, None, draws)
         values, lengths, ignored = flatten(*self.examples.encode(items))
-        return EncodedChunk(chunk.path, values, lengths, lines, len(parsed.texts), parsed.problems, ignored)
+        return EncodedChunk(values, lengths, lines, len(items), parsed.problems, ignored, draws)
 
 
 def usable_cores() -> int:
@@ -101,99 +107,15 @@ def usable_cores() -> int:
 
 
 def worker_count(num_proc: Optional[int], total_bytes: int, chunk_bytes: int = CHUNK_BYTES) -> int:
-    """Tokenizer processes for a split: `num_proc` (default every usable core), at most one per chunk.
-
-    1 means no worker processes: the split is tokenized in this process.
+    """Tokenizer processes for `total_bytes` of lines: `num_proc` (default every usable core), at most one
+    per chunk. 1 means no worker processes: the lines are tokenized in this process.
     """
     wanted = usable_cores() if num_proc is None else num_proc
     chunks = max(1, -(-total_bytes // chunk_bytes))
     return max(1, min(wanted, chunks))
 
 
-OnLongExample = Literal["error", "skip"]
-
-
-def _drop_long(result: EncodedChunk, limit: int, on_long: OnLongExample, selection: Selection,
-               stats: ReadStats) -> EncodedChunk:
-    """Examples longer than `limit` (never cut in two): an error naming the first, or skipped and counted."""
-    long = result.lengths > limit
-    if not long.any():
-        return result
-    first = int(result.line_numbers[int(np.argmax(long))])
-    if on_long == "error":
-        stats.record(result.path, [(line, p) for line, p in result.problems if line < first], selection.on_bad_record)
-        size = int(result.lengths[int(np.argmax(long))])
-        raise DataError(
-            f"{result.path}:{first}: example has {size} tokens, more than max_length {limit}, and an example "
-            "is never cut in two; raise max_length, shorten the record, or set on_long_example: skip"
-        )
-    for line, size in zip(result.line_numbers[long], result.lengths[long]):
-        stats.record_long(result.path, int(line), int(size), limit)
-    keep = np.repeat(~long, result.lengths)
-    return EncodedChunk(result.path, result.values[keep], result.lengths[~long], result.line_numbers[~long],
-                        result.records, result.problems, result.ignored[keep])
-
-
-def encode_split(
-    selection: Selection,
-    backend: Any,
-    bos: int,
-    eos: int,
-    num_proc: Optional[int],
-    stats: ReadStats,
-    on_documents: Callable[[int], Any] = lambda count: None,
-    chunk_bytes: int = CHUNK_BYTES,
-    tokenizer: Any = None,
-    max_example: Optional[int] = None,
-    on_long_example: OnLongExample = "error",
-) -> Iterator[tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]]:
-    """The split's documents as (flat int32 tokens, lengths, ignored flags or None) batches, in file order.
-
-    Bad lines raise `DataError` naming `file:line`, or are counted in `stats` when
-    skipped; an example (any format but `text`) longer than `max_example` tokens is an
-    error or skipped (`on_long_example`); reading stops after `max_samples` kept
-    documents; a file without a single usable record is an error. `on_documents` is
-    told each batch's size.
-    """
-    if on_long_example not in ("error", "skip"):
-        raise ValueError(f"on_long_example must be 'error' or 'skip', got {on_long_example!r}")
-    for path in selection.files:
-        check_file(path)
-    workers = worker_count(num_proc, sum(path.stat().st_size for path in selection.files), chunk_bytes)
-    spans = (span for path in selection.files for span in line_spans(path, chunk_bytes))
-    encoder = ChunkEncoder(selection, backend, bos, eos, tokenizer)
-    results = ordered_map(encoder, spans, workers)
-    records = {path: 0 for path in selection.files}
-    kept, limit = 0, selection.max_samples
-    try:
-        for result in results:
-            if result.ignored is not None and max_example is not None:
-                result = _drop_long(result, max_example, on_long_example, selection, stats)
-            values, lengths, problems, ignored = result.values, result.lengths, result.problems, result.ignored
-            full = limit is not None and kept + len(lengths) >= limit
-            if full:  # take the first documents only; lines after the last one taken are not read
-                take = limit - kept
-                last_line = int(result.line_numbers[take - 1])
-                problems = [(line, problem) for line, problem in problems if line < last_line]
-                tokens = int(lengths[:take].sum())
-                values, lengths = values[:tokens], lengths[:take]
-                ignored = None if ignored is None else ignored[:tokens]
-            stats.record(result.path, problems, selection.on_bad_record)
-            records[result.path] += result.records
-            kept += len(lengths)
-            on_documents(len(lengths))
-            if len(lengths):
-                yield values, lengths, ignored
-            if full:
-                return
-    finally:
-        results.close()
-    for path, count in records.items():
-        if count == 0:
-            raise no_records_error(path)
-
-
-def ordered_map(function: ChunkEncoder, spans: Iterable[LineSpan], workers: int) -> Iterator[EncodedChunk]:
+def ordered_map(function: Callable[[Any], Any], spans: Iterable[Any], workers: int) -> Iterator[Any]:
     """`map(function, spans)` over `workers` processes, in order, with a bounded queue.
 
     Each worker has its own pipe and reads its lines from the file itself, so the
@@ -247,11 +169,11 @@ def ordered_map(function: ChunkEncoder, spans: Iterable[LineSpan], workers: int)
             os.environ[PARALLELISM] = saved
 
 
-def _dispatch(spans: Iterator[LineSpan], processes: list[Any], pipes: list[Any]) -> Iterator[EncodedChunk]:
+def _dispatch(spans: Iterator[Any], processes: list[Any], pipes: list[Any]) -> Iterator[Any]:
     """Keep every worker busy, at most IN_FLIGHT_PER_WORKER spans each; yield results in order."""
     limit = len(pipes) * IN_FLIGHT_PER_WORKER
     busy = [0] * len(pipes)
-    ready: dict[int, EncodedChunk] = {}
+    ready: dict[int, Any] = {}
     sent = done = 0
     exhausted = False
     while True:
@@ -287,7 +209,7 @@ def _dispatch(spans: Iterator[LineSpan], processes: list[Any], pipes: list[Any])
         done += 1
 
 
-def _worker_main(function: ChunkEncoder, pipe: Any, parent_pid: int) -> None:
+def _worker_main(function: Callable[[Any], Any], pipe: Any, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops the workers
     _exit_with_parent(parent_pid)
     while True:

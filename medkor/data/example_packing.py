@@ -14,11 +14,11 @@ template tokens).
 from __future__ import annotations
 
 import bisect
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 
-from medkor.data.packing import Rows, _doc_offsets
+from medkor.data.packing import RowPacker, Rows, _doc_offsets
 
 WINDOW_TOKENS = 1 << 23  # examples per best-fit pass: a few tens of MB of ids
 
@@ -90,7 +90,7 @@ def gather_rows(values: np.ndarray, lengths: np.ndarray, ignored: np.ndarray, bi
     )
 
 
-class ExamplePacker:
+class ExamplePacker(RowPacker):
     """Streaming packer of whole examples: `add` batches of them, collect rows, then `finish`.
 
     Args:
@@ -100,16 +100,15 @@ class ExamplePacker:
     """
 
     def __init__(self, max_length: int, packing: bool = True, window_tokens: int = WINDOW_TOKENS) -> None:
-        if max_length < 2:
-            raise ValueError(f"max_length must be at least 2, got {max_length}")
-        self.max_length = max_length
-        self.packing = packing
+        super().__init__(max_length, packing)
         self.window_tokens = window_tokens
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._pending_tokens = 0
 
-    def add(self, values: np.ndarray, lengths: np.ndarray, ignored: np.ndarray) -> Iterator[Rows]:
+    def add(self, values: np.ndarray, lengths: np.ndarray, ignored: Optional[np.ndarray] = None) -> Iterator[Rows]:
         """Examples as concatenated tokens, their lengths and per-token ignored flags; yields finished rows."""
+        if ignored is None:
+            ignored = np.zeros(len(values), dtype=bool)
         lengths = np.asarray(lengths, dtype=np.int64)
         if lengths.sum() != len(values) or len(ignored) != len(values):
             raise ValueError("example lengths and ignored flags do not add up to the number of tokens")

@@ -1,16 +1,18 @@
-"""Operations on a cache directory: list, verify, remove (behind `medkor cache`)."""
+"""Operations on a cache directory: list, verify, remove, collect unused pieces (behind `medkor cache`)."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import time
 from pathlib import Path
 from typing import Any, Optional
 
-from medkor.data.cache import MANIFEST, TMP_PREFIX, TRASH_PREFIX, check_manifest, read_manifest
+from medkor.data.cache import MANIFEST, PIECES_LIST, TMP_PREFIX, TRASH_PREFIX, check_manifest, read_manifest
 from medkor.data.fingerprint import hash_bytes_of
 from medkor.data.lock import BuildLock
+from medkor.data.pieces import PieceStore, claimed_keys
 from medkor.data.rows import ROWS_FILE, RowsFile
 
 
@@ -92,9 +94,75 @@ def list_caches(cache_dir: Path) -> list[dict[str, Any]]:
                     tokenizer_path=manifest.get("tokenizer_path"),
                     files=[f"{f['name']} ({f['size']} B)" for f in manifest["inputs"]["files"]],
                     params=manifest["inputs"]["params"],
+                    pieces=len(cache_pieces(folder)),
                 )
         out.append(entry)
     return out
+
+
+def cache_pieces(folder: Path) -> list[str]:
+    """The piece keys a published cache was assembled from (none for a cache without a list)."""
+    try:
+        return list(json.loads((folder / PIECES_LIST).read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return []
+
+
+def piece_users(cache_dir: Path) -> dict[str, list[str]]:
+    """Piece key -> the published caches that use it."""
+    users: dict[str, list[str]] = {}
+    for folder in _folders(cache_dir):
+        if folder.name.startswith((TMP_PREFIX, TRASH_PREFIX)) or check_manifest(folder) is not None:
+            continue
+        for key in cache_pieces(folder):
+            users.setdefault(key, []).append(folder.name)
+    return users
+
+
+def list_pieces(cache_dir: Path) -> list[dict[str, Any]]:
+    """Every stored piece: key, bytes, and which caches use it (claimed: a live build holds it)."""
+    store = PieceStore(cache_dir)
+    users = piece_users(cache_dir)
+    claimed = claimed_keys(store)
+    out = []
+    for key in store.keys():
+        try:
+            size = store.path(key).stat().st_size
+        except FileNotFoundError:
+            continue
+        out.append({"piece": key, "bytes": size, "used_by": users.get(key, []), "claimed": key in claimed})
+    return out
+
+
+def collect_garbage(cache_dir: Path, dry_run: bool = False) -> tuple[list[tuple[Path, int]], int]:
+    """Remove the pieces no published cache uses and no live build has claimed; ([(path, bytes)], kept).
+
+    Runs under the store's own lock, so two collections never race; a build that starts
+    meanwhile and finds one of its pieces gone tokenizes it again (never a wrong row).
+    Temporary pieces of killed writers (over an hour old) go too.
+    """
+    store = PieceStore(cache_dir)
+    if not store.root.is_dir():
+        return [], 0
+    removed: list[tuple[Path, int]] = []
+    with BuildLock(store.root / "gc.lock", what="medkor cache gc"):
+        keep = set(piece_users(cache_dir)) | claimed_keys(store)
+        kept = 0
+        for key in store.keys():
+            if key in keep:
+                kept += 1
+                continue
+            path = store.path(key)
+            try:
+                size = path.stat().st_size
+                if not dry_run:
+                    path.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append((path, size))
+        if not dry_run:
+            removed += [(p, 0) for p in store.remove_stale_temporaries()]
+    return removed, kept
 
 
 def verify_cache(folder: Path) -> list[str]:

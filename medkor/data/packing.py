@@ -47,19 +47,49 @@ def _doc_offsets(lengths: np.ndarray) -> np.ndarray:
     return offsets
 
 
-class Packer:
-    """Streaming packer: feed documents chunk by chunk, collect rows, then `finish`."""
+class RowPacker:
+    """What every packer shares: rows of at most `max_length` tokens, several documents each
+    (`packing`) or one; `add` documents batch by batch and collect rows, then `finish`."""
 
     def __init__(self, max_length: int, packing: bool = True) -> None:
         if max_length < 2:
             raise ValueError(f"max_length must be at least 2, got {max_length}")
         self.max_length = max_length
         self.packing = packing
+
+    def add(self, values: np.ndarray, lengths: np.ndarray, ignored: Optional[np.ndarray] = None) -> Iterator[Rows]:
+        """Documents as concatenated tokens, their lengths (and per-token ignored flags); yields finished rows."""
+        raise NotImplementedError
+
+    def finish(self) -> Iterator[Rows]:
+        """The rows of what is still held."""
+        raise NotImplementedError
+
+
+def packer_for(examples: bool, max_length: int, packing: bool = True) -> RowPacker:
+    """The packer of a format: a text stream (`Packer`) or whole examples (`ExamplePacker`)."""
+    if examples:
+        from medkor.data.example_packing import ExamplePacker  # it builds on this module
+
+        return ExamplePacker(max_length, packing)
+    return Packer(max_length, packing)
+
+
+class Packer(RowPacker):
+    """Streaming text packer: documents concatenated and cut at `max_length` (or one per row)."""
+
+    def __init__(self, max_length: int, packing: bool = True) -> None:
+        super().__init__(max_length, packing)
         self._values = np.zeros(0, dtype=np.int32)  # carried tokens (packing only)
         self._starts = np.zeros(0, dtype=np.int64)  # document starts inside the carry
 
-    def add(self, values: np.ndarray, lengths: np.ndarray) -> Iterator[Rows]:
-        """Documents given as concatenated tokens and their lengths; yields finished rows."""
+    def add(self, values: np.ndarray, lengths: np.ndarray, ignored: Optional[np.ndarray] = None) -> Iterator[Rows]:
+        """Documents given as concatenated tokens and their lengths; yields finished rows.
+
+        Text has no ignored spans; `ignored` must be None.
+        """
+        if ignored is not None:
+            raise ValueError("a text packer has no ignored spans; pack examples with ExamplePacker")
         values = np.asarray(values, dtype=np.int32)
         lengths = np.asarray(lengths, dtype=np.int64)
         if lengths.sum() != len(values):

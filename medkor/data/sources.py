@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal, Optional
 
+import numpy as np
 import xxhash
 
 from medkor.data.formats import FormatSpec, Item, check_record, item_key, item_text
@@ -49,11 +50,23 @@ class Selection:
             return True
         return in_validation(item_key(item), self.seed, self.val_fraction) == self.take_validation
 
+    def keep_mask(self, draws: Optional[np.ndarray], count: int) -> np.ndarray:
+        """`keeps` for `count` documents given their `validation_draw`s (None: not carved, all kept)."""
+        if self.val_fraction <= 0:
+            return np.ones(count, dtype=bool)
+        if draws is None:
+            raise ValueError("documents carry no validation draws, but the split is carved by val_fraction")
+        return (draws.astype(np.float64) / 2.0**64 < self.val_fraction) == self.take_validation
+
+
+def validation_draw(text: str, seed: int) -> int:
+    """A document's seeded 64-bit draw; it is in validation when draw / 2**64 < val_fraction."""
+    return xxhash.xxh3_64_intdigest(text.encode("utf-8"), seed=seed)
+
 
 def in_validation(text: str, seed: int, fraction: float) -> bool:
     """Deterministic split by content: a document's side never depends on the others."""
-    draw = xxhash.xxh3_64_intdigest(text.encode("utf-8"), seed=seed) / 2.0**64
-    return draw < fraction
+    return validation_draw(text, seed) / 2.0**64 < fraction
 
 
 @dataclass

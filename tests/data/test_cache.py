@@ -31,6 +31,12 @@ def _request(data_dir: Path, tokenizer_dir: Path, **kw) -> CacheRequest:
     )
 
 
+def _split_caches(cache_dir: Path) -> list[Path]:
+    from medkor.data.inventory import is_cache_folder
+
+    return [p for p in cache_dir.iterdir() if p.is_dir() and is_cache_folder(p)]
+
+
 def test_hit_miss_matrix(data_dir, tokenizer_dir, other_tokenizer_dir):
     first = ensure_cache(_request(data_dir, tokenizer_dir))
     assert first.status == "built" and first.rows > 0
@@ -85,6 +91,8 @@ def test_hit_parses_no_jsonl_and_runs_no_tokenizer(data_dir, tokenizer_dir, monk
     monkeypatch.setattr("medkor.data.cache.build_split", forbidden)
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", forbidden)
     monkeypatch.setattr("medkor.data.fingerprint.hash_bytes_of", forbidden)
+    monkeypatch.setattr("medkor.data.cache.hash_bytes_of", forbidden)  # the rows' check is remembered too
+    monkeypatch.setattr("medkor.data.pieces.PieceStore.read", forbidden)
     assert ensure_cache(_request(data_dir, tokenizer_dir)).status == "hit"
     rows, manifest = open_cache(_request(data_dir, tokenizer_dir))
     assert len(rows) == manifest["rows"]
@@ -150,7 +158,7 @@ def test_disk_space_checked_before_build(data_dir, tokenizer_dir, monkeypatch):
     monkeypatch.setattr(cache.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 1000))
     with pytest.raises(CacheError, match="needs about .* GiB free"):
         ensure_cache(_request(data_dir, tokenizer_dir))
-    assert not [p for p in (data_dir / ".cache").iterdir() if p.is_dir()]
+    assert not [p for p in (data_dir / ".cache").iterdir() if p.is_dir()]  # not even a piece
 
 
 def test_bad_record_publishes_nothing_and_skip_counts(data_dir, tokenizer_dir):
@@ -159,7 +167,7 @@ def test_bad_record_publishes_nothing_and_skip_counts(data_dir, tokenizer_dir):
         handle.write('{"text": 3}\n{broken\n')
     with pytest.raises(ValueError, match=r"train.jsonl:6: field 'text' is int"):
         ensure_cache(_request(data_dir, tokenizer_dir))
-    assert not [p for p in (data_dir / ".cache").iterdir() if p.is_dir()]
+    assert _split_caches(data_dir / ".cache") == []  # pieces tokenized on the way are kept for the next try
     result = ensure_cache(_request(data_dir, tokenizer_dir, on_bad_record="skip"))
     assert result.manifest["skipped"] == 2 and result.manifest["documents"] == 5
 
@@ -178,8 +186,8 @@ def test_fresh_file_hash_is_not_remembered_old_one_is(tmp_path):
 
 
 def test_resolve_is_stable(data_dir, tokenizer_dir):
-    _, a, _ = resolve(_request(data_dir, tokenizer_dir))
-    _, b, _ = resolve(_request(data_dir, tokenizer_dir))
+    a = resolve(_request(data_dir, tokenizer_dir)).key
+    b = resolve(_request(data_dir, tokenizer_dir)).key
     assert a == b
 
 

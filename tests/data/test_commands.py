@@ -55,7 +55,7 @@ def test_cache_ls_verify_rm(tmp_path, data_dir, tokenizer_dir, capsys):
     assert "content hash" in capsys.readouterr().out
     (cache_dir / ".tmp-train-0123-host-1-ab").mkdir()  # leftover of a killed build
     assert cache_cmd.main(["rm", str(cache_dir), "train"]) == 0
-    names = sorted(p.name for p in cache_dir.iterdir() if p.is_dir())
+    names = sorted(p.name for p in cache_dir.iterdir() if p.is_dir() and p.name != ".pieces")
     assert len(names) == 1 and names[0].startswith("validation-")
 
 

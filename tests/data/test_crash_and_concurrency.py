@@ -145,7 +145,7 @@ def test_two_builders_started_together_build_once(tmp_path, tokenizer_dir):
     write_jsonl(data_dir / "train.jsonl", korean_docs(1500))
     request = CacheRequest("train", Selection(files=[data_dir / "train.jsonl"]), data_dir, data_dir / ".cache",
                            str(tokenizer_dir), max_length=64)
-    _, _, final = resolve(request)
+    final = resolve(request).folder
     # hold the key's lock until both processes are queued on it, so they really race
     lock = FileLock(str(final.parent / f"{final.name}.lock"))
     lock.acquire()

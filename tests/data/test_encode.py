@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import uuid
+
 import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from medkor.data.encode import encode_split, with_bos_eos, worker_count
+from medkor.data.build import split_documents
+from medkor.data.cache import _encoder_factory
+from medkor.data.encode import with_bos_eos, worker_count
+from medkor.data.key import CacheRequest, resolve
+from medkor.data.pieces import PieceStore, pieces_in_order, plan_pieces
 from medkor.data.sources import DataError, ReadStats, Selection
 from tests.data.conftest import korean_docs, write_jsonl
 
-CHUNK = 700  # bytes: a few documents per chunk, so small files still make many chunks
+CHUNK = 700  # bytes: a few documents per piece, so small files still make many pieces
 
 
 @pytest.fixture(scope="module")
@@ -19,11 +25,15 @@ def tokenizer(tokenizer_dir):
 
 
 def _encode(selection, tokenizer, num_proc, stats=None):
+    """The split's documents through the real path: plan, tokenize pieces (in an empty store), select."""
     stats = stats if stats is not None else ReadStats()
-    batches = list(
-        encode_split(selection, tokenizer.backend_tokenizer, tokenizer.bos_token_id, tokenizer.eos_token_id,
-                     num_proc, stats, chunk_bytes=CHUNK)
-    )
+    folder = selection.files[0].parent
+    request = CacheRequest("train", selection, folder, folder / f".cache-{uuid.uuid4().hex}",
+                           tokenizer.name_or_path, num_proc=num_proc, piece_bytes=CHUNK)
+    store = PieceStore(request.cache_dir)
+    refs = plan_pieces(request, resolve(request, lambda: tokenizer), store)
+    pieces = pieces_in_order(refs, store, _encoder_factory(request, tokenizer), num_proc, CHUNK)
+    batches = list(split_documents(pieces, selection, stats))
     values = np.concatenate([v for v, _, _ in batches]) if batches else np.zeros(0, np.int32)
     lengths = np.concatenate([n for _, n, _ in batches]) if batches else np.zeros(0, np.int64)
     return values, lengths
@@ -126,7 +136,7 @@ def test_a_dying_worker_is_an_error_not_a_hang(files, tokenizer, monkeypatch):
     real = encode.parse_chunk
 
     def dies_on_a_late_chunk(chunk, text_field):
-        if chunk.first_line > 20:
+        if chunk.path.name == "train-1.jsonl":
             os._exit(9)  # as if killed; runs in a forked worker, never in this process
         return real(chunk, text_field)
 
