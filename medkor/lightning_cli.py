@@ -29,6 +29,7 @@ from medkor.callbacks.checkpoint_io import AtomicCheckpointIO, CheckpointLoadErr
 from medkor.callbacks.finite_guard import NonFiniteLossError
 from medkor.callbacks.preemption import Preempted, SaveOnPreemption
 from medkor.callbacks.run_report import RunReport
+from medkor.data.loader import global_batch_refusal
 from medkor.callbacks.run_state import ResumeState
 from medkor.checks import ConfigError, check_fit_config, check_run_config, check_run_paths
 from medkor.data import MedKorDataModule
@@ -296,16 +297,14 @@ class MedKorCLI(LightningCLI):
             rank_zero_info(f"[medkor] continuing run {root / f'version_{keep[1]}'} from step {step}{note}")
 
     def _check_data_position(self, path: Path, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint whose loader position needs another batch size or rank count."""
+        """Refuse a checkpoint whose loader position needs another global batch (batch x devices x accumulation)."""
         state = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
         for saved in state.get("combined_loader", []):
-            want = {"batch_size": self.datamodule.batch_size, "num_replicas": self.trainer.world_size}
-            changed = [f"{k} {saved.get(k)} -> {v}" for k, v in want.items() if saved.get(k) not in (None, v)]
-            if changed:
-                raise ConfigError(
-                    f"--ckpt_path {path}: its position in the training data does not fit this run "
-                    f"({', '.join(changed)}); resume with the same data.batch_size and number of devices"
-                )
+            # the position is global: any number of devices continues it, with the same global batch
+            refusal = global_batch_refusal(saved, self.datamodule.batch_size, self.trainer.world_size,
+                                           self.trainer.accumulate_grad_batches)
+            if refusal:
+                raise ConfigError(f"--ckpt_path {path}: {refusal}")
 
 
 class _ParseOnlyCLI(MedKorCLI):

@@ -26,9 +26,8 @@ from medkor.data.lock import DEFAULT_TIMEOUT
 from medkor.data.rows import RowsFile
 from medkor.data.loader import ResumableDataLoader
 from medkor.data.plan import DataPlan, ensure_log_handler, stage_of
-from medkor.data.sampler import EpochShuffleSampler
 from medkor.data.sources import DataError, OnBadRecord
-from medkor.data.mixture import ConcatRows, MixtureSampler, ReplayMix
+from medkor.data.mixture import ReplayMix, training_order
 from medkor.eval.prompts import PromptStyle
 
 log = logging.getLogger("medkor.data")
@@ -217,14 +216,10 @@ class MedKorDataModule(pl.LightningDataModule):
         if not shuffle:
             return DataLoader(rows, **common)
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-        if self.replay_mix is not None and "replay" in self.datasets:
-            replay = self.datasets["replay"]
-            sampler: EpochShuffleSampler = MixtureSampler(
-                len(rows), len(replay), self.seed, self.replay_mix, num_replicas=world, rank=rank
-            )
-            rows = ConcatRows([rows, replay])
-        else:
-            sampler = EpochShuffleSampler(len(rows), self.seed, num_replicas=world, rank=rank)
+        accumulate = int(self.trainer.accumulate_grad_batches) if self.trainer else 1
+        # one global order cut into per-rank slices of each global batch (medkor.data.sampler)
+        parts = [rows] + ([self.datasets["replay"]] if self.replay_mix is not None and "replay" in self.datasets else [])
+        rows, sampler = training_order(parts, self.seed, self.replay_mix, world, rank, self.batch_size, accumulate)
         return ResumableDataLoader(rows, sampler=sampler, **common)
 
     def state_dict(self) -> dict[str, Any]:

@@ -1,12 +1,24 @@
-"""A shuffle that depends only on (seed, epoch), sharded over ranks, resumable inside an epoch."""
+"""One global training order, a function of the seed, the epoch and the data; each rank takes its slice.
+
+The order of an epoch is `epoch_rows` positions of a `MixedStream` (the blend of the
+sources, each in its own seeded shuffle), padded by wrapping to whole global batches
+(`global_batch = batch_size x ranks x accumulation`). Global step `s` trains positions
+`[s * G, (s + 1) * G)`; rank `r` takes `[s * G + r * b * a, s * G + (r + 1) * b * a)`, in
+`a` micro batches of `b` rows. The number of ranks only cuts the same order into
+slices, so a run can stop on N ranks and continue on M at the same global position
+as long as `G` is the same. Nothing proportional to the rows is held: positions are
+turned into rows block by block (one global step at a time) by arithmetic.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Iterator, Optional, Sequence
 
-import torch
+import numpy as np
 from torch.utils.data import DistributedSampler
+
+from medkor.data.blend import MixedStream
 
 
 class _Count:
@@ -20,37 +32,107 @@ class _Count:
 
 
 class EpochShuffleSampler(DistributedSampler):
-    """Random order of `num_rows` indices drawn from `seed + epoch`, this rank's share of it.
+    """This rank's slice of the global order of `num_rows` rows (one source), shuffled by `seed + epoch`.
 
-    A generator seeded once when the DataLoader is built would restart at epoch 0's
-    order after a resume; Lightning calls `set_epoch` before every epoch, so the order
-    is a pure function of the epoch. Every rank draws the same permutation and takes
-    every `num_replicas`-th index from `rank` on (padded by wrapping so ranks get equal
-    shares, as `DistributedSampler` does); being a `DistributedSampler`, Lightning
-    leaves it in place instead of wrapping it. `start` skips that many of this rank's
-    indices in the next pass only: how a resumed run continues inside an epoch.
+    Being a `DistributedSampler`, Lightning leaves it in place instead of wrapping it;
+    Lightning calls `set_epoch` before every epoch. `start` (a global position, a
+    multiple of the global batch) skips that much of the epoch in the next pass only:
+    how a resumed run continues inside an epoch, on any number of ranks.
+
+    Args:
+        num_rows: Rows of the dataset.
+        seed: Seed of every shuffle.
+        num_replicas, rank: The ranks sharing the order, and this one.
+        batch_size: Rows per micro batch on each rank.
+        accumulate: Micro batches per optimizer step.
     """
 
-    def __init__(self, num_rows: int, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+    def __init__(self, num_rows: int, seed: int, num_replicas: int = 1, rank: int = 0, batch_size: int = 1,
+                 accumulate: int = 1) -> None:
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
-        super().__init__(_Count(num_rows), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        if batch_size < 1 or accumulate < 1:
+            raise ValueError(f"batch_size and accumulate must be >= 1, got {batch_size} and {accumulate}")
+        super().__init__(_Count(max(num_rows, 1)), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self.num_rows = num_rows
-        self.num_samples = math.ceil(num_rows / num_replicas)
-        self.total_size = self.num_samples * num_replicas
+        self.batch_size = batch_size
+        self.accumulate = accumulate
         self.start = 0
+        self.drawn = 0  # epoch position after the global batch of the latest row handed out
+        self._configure(self.epoch_rows)
+
+    # -- what a mixture overrides ------------------------------------------------------------
+    @property
+    def sizes(self) -> list[int]:
+        """Rows of each source, laid end to end in the dataset."""
+        return [self.num_rows]
+
+    @property
+    def epoch_rows(self) -> int:
+        """Positions of the global order per epoch, before padding."""
+        return self.num_rows
+
+    def segments(self) -> list[tuple[int, Sequence[float]]]:
+        """(first stream position, weights) of every stretch of the stream."""
+        return [(0, [1.0])]
+
+    def on_draw(self, epoch: int, drawn: int) -> None:
+        """Called before each row is handed out with the epoch position after its global batch."""
+
+    # -- geometry ----------------------------------------------------------------------------
+    def _configure(self, epoch_rows: int) -> None:
+        if epoch_rows < 1:
+            raise ValueError("the training order has no rows")
+        self.global_batch = self.batch_size * self.num_replicas * self.accumulate
+        self.steps = math.ceil(epoch_rows / self.global_batch)
+        self.total_size = self.steps * self.global_batch
+        self.num_samples = self.steps * self.batch_size * self.accumulate
+
+    def stream(self) -> MixedStream:
+        """The stream of the current weights (rebuilt only when they change)."""
+        key = (tuple(self.sizes), self.seed, tuple((start, tuple(w)) for start, w in self.segments()))
+        if getattr(self, "_stream_key", None) != key:
+            self._stream, self._stream_key = MixedStream(self.sizes, self.seed, self.segments()), key
+        return self._stream
+
+    def stream_positions(self, positions: np.ndarray, epoch: Optional[int] = None) -> np.ndarray:
+        """Stream positions of epoch positions (the padding wraps to the epoch's first positions)."""
+        rows = self.epoch_rows
+        return (self.epoch if epoch is None else epoch) * rows + np.asarray(positions, dtype=np.int64) % rows
+
+    def rank_positions(self, step: int) -> np.ndarray:
+        """Epoch positions this rank trains at global step `step`."""
+        per_rank = self.batch_size * self.accumulate
+        first = step * self.global_batch + self.rank * per_rank
+        return np.arange(first, first + per_rank, dtype=np.int64)
+
+    def global_rows(self, step: int, stream: Optional[MixedStream] = None) -> np.ndarray:
+        """Every row of global step `step` of the current epoch, in order (all ranks)."""
+        positions = np.arange(step * self.global_batch, (step + 1) * self.global_batch, dtype=np.int64)
+        return (stream or self.stream()).rows(self.stream_positions(positions))
 
     def indices(self) -> list[int]:
-        """This rank's indices of the current epoch, from the first one."""
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.num_rows, generator=generator).tolist()
-        if self.total_size > len(order):  # pad by wrapping so every rank has num_samples
-            order += (order * math.ceil(self.total_size / max(len(order), 1)))[: self.total_size - len(order)]
-        return order[self.rank : self.total_size : self.num_replicas]
+        """This rank's rows of the current epoch, from the first one."""
+        stream = self.stream()
+        return [i for step in range(self.steps) for i in stream.rows(self.stream_positions(self.rank_positions(step))).tolist()]
 
     def __iter__(self) -> Iterator[int]:
         start, self.start = self.start, 0
-        return iter(self.indices()[start:])
+        if start % self.global_batch:
+            raise ValueError(f"start {start} is not a multiple of the global batch {self.global_batch}")
+        return self._rows(start // self.global_batch)
+
+    def _rows(self, first_step: int) -> Iterator[int]:
+        epoch = self.epoch
+        self.drawn = first_step * self.global_batch
+        self.on_draw(epoch, self.drawn)
+        for step in range(first_step, self.steps):
+            stream = self.stream()  # rebuilt each step: a weight change applies from the next global batch
+            rows = stream.rows(self.stream_positions(self.rank_positions(step), epoch))
+            self.drawn = (step + 1) * self.global_batch
+            for row in rows.tolist():
+                self.on_draw(epoch, self.drawn)
+                yield row
 
     def __len__(self) -> int:
         return self.num_samples

@@ -1,11 +1,11 @@
-"""Replay mixing: deterministic by seed, the ratio it is given, exact from any position on resume."""
+"""Mixtures: exact shares, replay switched on and off, named weights changed, exact from any position on resume."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from medkor.data.mixture import ConcatRows, MixtureSampler, ReplayMix, hysteresis
+from medkor.data.mixture import ConcatRows, Mixture, MixtureSampler, ReplayMix, hysteresis
 
 
 def _epoch(sampler, epoch, start=0):
@@ -14,28 +14,36 @@ def _epoch(sampler, epoch, start=0):
     return list(iter(sampler))
 
 
-def test_fixed_ratio_mixes_deterministically():
-    runs = [_epoch(MixtureSampler(1000, 50, seed=3, mix=ReplayMix(0.2)), 0) for _ in range(2)]
+def _replay(num_rows, num_replay, seed, mix, **kwargs):
+    return MixtureSampler([num_rows, num_replay], seed, mix, **kwargs)
+
+
+def test_fixed_ratio_mixes_deterministically_and_exactly():
+    runs = [_epoch(_replay(1000, 50, seed=3, mix=ReplayMix(0.2)), 0) for _ in range(2)]
     assert runs[0] == runs[1]
     replay = [i for i in runs[0] if i >= 1000]
-    assert len(runs[0]) == 1000 and 150 < len(replay) < 250  # binomial(1000, 0.2): 200 +- 13
+    assert len(runs[0]) == 1000 and len(replay) == 200  # the share exactly, not a binomial draw
+    for n in range(1, 1001):  # and in every prefix to within one row
+        assert abs(sum(i >= 1000 for i in runs[0][:n]) - 0.2 * n) < 1
     train = [i for i in runs[0] if i < 1000]
     assert len(set(train)) == len(train)  # training rows without repeats, replay rows cycled
     assert set(replay) == set(range(1000, 1050))
-    other = _epoch(MixtureSampler(1000, 50, seed=3, mix=ReplayMix(0.2)), 1)
+    other = _epoch(_replay(1000, 50, seed=3, mix=ReplayMix(0.2)), 1)
     assert other != runs[0]
+    # the 200 training rows replay displaced come first in the next epoch: every row once in two epochs
+    assert sorted(train + [i for i in other if i < 1000][:200]) == list(range(1000))
 
 
 def test_switches_apply_from_the_next_draw_and_resume_exactly():
     mix = ReplayMix(0.5, initially_on=False)
-    sampler = MixtureSampler(400, 40, seed=0, mix=mix)
+    sampler = _replay(400, 40, seed=0, mix=mix)
     sampler.set_epoch(2)
     iterator = iter(sampler)
     first = [next(iterator) for _ in range(100)]
     assert all(i < 400 for i in first)  # off: training rows only
     assert mix.switch(True) and not mix.switch(True)  # on from draw 100
     middle = [next(iterator) for _ in range(150)]
-    assert sum(i >= 400 for i in middle) > 40
+    assert sum(i >= 400 for i in middle) == 75
     mix.switch(False)
     rest = list(iterator)
     assert all(i < 400 for i in rest) and len(first + middle + rest) == 400
@@ -45,16 +53,35 @@ def test_switches_apply_from_the_next_draw_and_resume_exactly():
     for start in (0, 100, 101, 180, 250, 399):
         resumed = ReplayMix(0.5, initially_on=False)
         resumed.load_state_dict(mix.state_dict())
-        again = MixtureSampler(400, 40, seed=0, mix=resumed)
+        again = _replay(400, 40, seed=0, mix=resumed)
         assert _epoch(again, 2, start) == (first + middle + rest)[start:]
 
 
-def test_ranks_share_nothing_and_keep_equal_lengths():
-    mixes = [ReplayMix(0.3) for _ in range(2)]
-    parts = [_epoch(MixtureSampler(101, 10, seed=1, mix=mixes[r], num_replicas=2, rank=r), 0) for r in range(2)]
+def test_ranks_take_slices_of_one_order():
+    whole = _epoch(_replay(101, 10, seed=1, mix=ReplayMix(0.3), batch_size=2), 0)
+    parts = [_epoch(_replay(101, 10, seed=1, mix=ReplayMix(0.3), num_replicas=2, rank=r), 0) for r in range(2)]
     assert len(parts[0]) == len(parts[1]) == 51
-    train = [set(i for i in p if i < 101) for p in parts]
-    assert not (train[0] & train[1]) or len(train[0] | train[1]) == 101  # only the wrap-around pad repeats
+    assert [i for pair in zip(*parts) for i in pair] == whole
+
+
+def test_named_weights_change_from_the_next_global_batch():
+    mix = Mixture(["ko", "en", "dict"], [0.6, 0.3, 0.1])
+    sampler = MixtureSampler([600, 300, 100], 4, mix, batch_size=10)
+    sampler.set_epoch(0)
+    iterator = iter(sampler)
+    first = [next(iterator) for _ in range(15)]  # one global batch and a half drawn
+    assert mix.set_weight("en", 0.0) and mix.changes == [(0, 20, (0.6, 0.0, 0.1))]
+    assert not mix.set_weight("en", 0.0)
+    rest = list(iterator)
+    assert all(not 600 <= i < 900 for i in rest[5:])  # from the next global batch (position 20) on
+    assert sampler.source_counts(20).tolist() == [12, 6, 2]
+    with pytest.raises(ValueError, match="no source 'de'"):
+        mix.set_weight("de", 1.0)
+    resumed = Mixture(["ko", "en", "dict"], [0.6, 0.3, 0.1])
+    resumed.load_state_dict(mix.state_dict())
+    assert _epoch(MixtureSampler([600, 300, 100], 4, resumed, batch_size=10), 0, 20) == rest[5:]
+    with pytest.raises(ValueError, match="resume with the same data sources"):
+        Mixture(["ko", "en"], [1, 1]).load_state_dict(mix.state_dict())
 
 
 def test_state_of_another_replay_is_refused():
