@@ -52,6 +52,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
     Imported here, when an error is being handled, so that a start imports none of them.
     """
+    from medkor.callbacks.async_checkpoint_io import CheckpointSaveError
     from medkor.callbacks.checkpoint_io import CheckpointLoadError
     from medkor.checks import ConfigError
     from medkor.data.cache import CacheError
@@ -62,7 +63,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from medkor.vocab.files import TokenizerFileError
 
     return (ConfigError, DataError, CacheError, QuestionError, TokenizerMismatchError, WeightLoadingError,
-            CheckpointLoadError, TokenizerFileError)
+            CheckpointLoadError, CheckpointSaveError, TokenizerFileError)
 
 
 def _exit_code(err: BaseException) -> int:

@@ -25,7 +25,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from medkor.callbacks import KorMedMCQAEval, NonFiniteGuard  # noqa: F401  (importable by class name)
-from medkor.callbacks.checkpoint_io import AtomicCheckpointIO, CheckpointLoadError, load_checkpoint_file
+from medkor.callbacks.async_checkpoint_io import AsyncAtomicCheckpointIO, CheckpointWriteWatch
+from medkor.callbacks.checkpoint_io import CheckpointLoadError, load_checkpoint_file
 from medkor.callbacks.finite_guard import NonFiniteLossError
 from medkor.callbacks.preemption import Preempted, SaveOnPreemption
 from medkor.callbacks.run_report import RunReport
@@ -137,7 +138,8 @@ def tokenizer_path_for(model_name_or_path: str, tokenizer_path: Optional[str]) -
 class MedKorCLI(LightningCLI):
     """LightningCLI with the model's tokenizer linked into the data module, and runs that survive.
 
-    Every Trainer gets atomic checkpoint files (`AtomicCheckpointIO`), random state in
+    Every Trainer gets atomic checkpoint files written beside training (`AsyncAtomicCheckpointIO`,
+    its failures stopping the run through `CheckpointWriteWatch`), random state in
     its checkpoints (`ResumeState`) and a checkpoint on SIGTERM (`SaveOnPreemption`).
     Each run claims its own `version_N`; `fit --ckpt_path` (a file in a run's
     `checkpoints/`, or `last`) continues in the folder the checkpoint came from.
@@ -225,11 +227,13 @@ class MedKorCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
-        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default: make it atomic
-            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default: atomic, off the step
+            trainer.strategy.checkpoint_io = AsyncAtomicCheckpointIO()
         present = {type(c) for c in trainer.callbacks}
         configs = [str(c) for c in (self._config_of_subcommand().get("config") or [])]
-        trainer.callbacks[:0] = [cb() for cb in (ResumeState, SaveOnPreemption) if cb not in present]
+        # the watch first: at the fit's end every checkpoint is on disk before other callbacks look
+        trainer.callbacks[:0] = [cb() for cb in (CheckpointWriteWatch, ResumeState, SaveOnPreemption)
+                                 if cb not in present]
         if RunReport not in present:
             trainer.callbacks.append(RunReport(configs))  # last: its closing lines come after the progress bar's
         return trainer

@@ -19,4 +19,7 @@ class KillAt(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step and not self._sent:
             self._sent = True
+            # after the checkpoints saved so far are on disk: a write still in flight in the background
+            # would die with the process, and the resume would start from the checkpoint before it
+            getattr(trainer.strategy.checkpoint_io, "wait", lambda: None)()
             os.kill(os.getpid(), self.signum)
