@@ -163,3 +163,22 @@ def test_a_failed_background_write_stops_the_run_at_the_next_batch(tmp_path, mon
         fit()
     assert trainer.global_step <= 4  # stopped within a step or two of the failure, not at the end
     assert not (tmp_path / "ckpt" / "s2.ckpt").exists() and leftover_temp_files(tmp_path / "ckpt") == []
+
+
+def test_the_command_prints_a_failed_background_save_in_one_line(repo_root, monkeypatch, capsys):
+    import medkor.lightning_cli
+    from medkor.cli import main
+
+    def failing_run(args, from_argv=False):
+        raise CheckpointSaveError("cannot write checkpoint /x/last.ckpt: No space left on device (ENOSPC). Free "
+                                  "space (written in the background; training stopped)")
+
+    monkeypatch.chdir(repo_root)
+    monkeypatch.delenv("MEDKOR_DEBUG", raising=False)
+    monkeypatch.setattr(medkor.lightning_cli, "run_cli", failing_run)
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", "configs/demo.yaml"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 1 and err == [
+        "medkor fit: error: cannot write checkpoint /x/last.ckpt: No space left on device (ENOSPC). Free space "
+        "(written in the background; training stopped)"]
