@@ -156,6 +156,8 @@ def learned_tokens(rows: Rows) -> int:
     total = rows.tokens()
     if not total:
         return 0
+    if not len(rows.spans):  # text: every position but the documents' first (starts are distinct positions)
+        return total - len(rows.starts)
     base = rows.offsets[:-1].astype(np.int64) - int(rows.offsets[0])
     mark = np.zeros(total + 1, dtype=np.int64)
     span_rows = np.repeat(np.arange(len(rows)), np.diff(rows.spans_offsets) // 2)
