@@ -9,7 +9,8 @@ the next step's forward and backward run, then writes through `AtomicCheckpointI
 whole. The next optimizer step waits until the copies are taken
 (`CheckpointWriteWatch.on_before_optimizer_step`), so the file holds the state at the
 save; code that changes weights or optimizer state in place before that must call
-`wait_for_snapshots()` first.
+`wait_for_snapshots()` first (the watch does so before a batch where a staged
+`trainable` enters its next phase, which may clear AdamW moments).
 
 Lightning's own `AsyncCheckpointIO` clones each tensor where it lives, which on a GPU
 holds a second copy of the checkpoint in device memory; this one copies to the host.
@@ -163,6 +164,17 @@ class AsyncAtomicCheckpointIO(AtomicCheckpointIO):
         self.raise_if_failed()
 
 
+def _phase_switches_at(pl_module: pl.LightningModule, step: int) -> bool:
+    """Whether a staged `model.trainable` (a list of phases) enters a new phase at optimizer step `step`."""
+    from medkor.model.schedule import parse_phases, phase_at
+
+    trainable = getattr(pl_module, "hparams", {}).get("trainable")
+    if not isinstance(trainable, (list, tuple)) or step < 1:
+        return False
+    phases = parse_phases(trainable)
+    return phase_at(phases, step) != phase_at(phases, step - 1)
+
+
 class CheckpointWriteWatch(Callback):
     """Holds the optimizer step until pending saves have copied what it changes; stops the run at the first
     training batch after a background save failed; waits for every write at the fit's end."""
@@ -171,6 +183,12 @@ class CheckpointWriteWatch(Callback):
     def _io(trainer: pl.Trainer) -> Optional[AsyncAtomicCheckpointIO]:
         io = getattr(trainer.strategy, "checkpoint_io", None)
         return io if isinstance(io, AsyncAtomicCheckpointIO) else None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        io = self._io(trainer)
+        if io is not None and io.pending() and _phase_switches_at(pl_module, trainer.global_step):
+            io.wait_for_snapshots()  # the module's phase switch may clear moments a save is still copying
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         io = self._io(trainer)

@@ -23,6 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medkor plan",
         usage=USAGE,
+        allow_abbrev=False,
         description="Parameter counts and predicted peak memory per device of a run config, from the model's "
         "config.json and tokenizers alone (built on the meta device; seconds, no GPU, no weights). Other options "
         "(`--model.*`, `--data.*`, `--trainer.*`) are taken exactly as `medkor fit` takes them.",

@@ -182,3 +182,32 @@ def test_the_command_prints_a_failed_background_save_in_one_line(repo_root, monk
     assert info.value.code == 1 and err == [
         "medkor fit: error: cannot write checkpoint /x/last.ckpt: No space left on device (ENOSPC). Free space "
         "(written in the background; training stopped)"]
+
+
+def test_a_phase_switch_waits_for_the_copies_of_a_pending_save(tmp_path, monkeypatch):
+    """A staged trainable may clear AdamW moments at the batch that enters a phase: the copy must come first."""
+    from types import SimpleNamespace
+
+    release = threading.Event()
+    real_copy = Snapshot.copy_now
+
+    def held_copy(self):
+        assert release.wait(30)
+        real_copy(self)
+
+    monkeypatch.setattr(Snapshot, "copy_now", held_copy)
+    io = AsyncAtomicCheckpointIO()
+    io.save_checkpoint({"w": torch.ones(4)}, tmp_path / "a.ckpt")
+    trainer = SimpleNamespace(strategy=SimpleNamespace(checkpoint_io=io), global_step=5)
+    module = SimpleNamespace(hparams={"trainable": [{"policy": "new_embeddings", "until_step": 5},
+                                                    {"policy": "embeddings+lora", "until_step": None}]})
+    watch = CheckpointWriteWatch()
+    trainer.global_step = 4  # no switch: returns at once, the copy still held
+    watch.on_train_batch_start(trainer, module, None, 0)
+    assert io.pending()
+    threading.Timer(0.3, release.set).start()
+    trainer.global_step = 5  # the switch: waits until the copy is taken
+    watch.on_train_batch_start(trainer, module, None, 0)
+    assert release.is_set()
+    io.teardown()
+    assert torch.equal(load_checkpoint_file(tmp_path / "a.ckpt")["w"], torch.ones(4))
