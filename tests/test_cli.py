@@ -233,6 +233,7 @@ def test_commands_reading_run_configs_refuse_abbreviations_too(repo_root):
      "--overw"),
     # export hands the options it does not know to the run config's parser, which refuses it
     (["export", "--config", "{repo}/configs/demo.yaml", "--out", "{tmp}/x", "--overw"], "--overw"),
+    (["plan", "--config", "{repo}/configs/demo.yaml", "--mark"], "--mark"),  # not --markdown
 ])
 def test_plain_commands_refuse_abbreviated_options(args, meant, repo_root, tmp_path, capsys):
     args = [a.replace("{tmp}", str(tmp_path)).replace("{repo}", str(repo_root)) for a in args]
