@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from typing import Any, Optional
 
 USAGE = """usage: medkor prepare --config FILE [--data.KEY VALUE ...]
@@ -91,11 +92,29 @@ def light_data_options(argv: list[str]) -> Optional[dict[str, Any]]:
     return options if isinstance(options["tokenizer_path"], str) else None
 
 
-def _prepare_plain(options: dict[str, Any]) -> None:
-    from medkor.data.plan import DataPlan, ensure_log_handler
+def _prepare(plan: Any, started: float) -> None:
+    """Find or build the caches of `fit`; launched as several ranks, build this rank's share of the pieces."""
+    from medkor.data.plan import describe, ensure_log_handler
+    from medkor.data.ranks import launch_share, prepare_share
 
     ensure_log_handler()
-    results, _ = DataPlan.from_options(options).prepare("fit", logging.getLogger("medkor.data"))
+    log = logging.getLogger("medkor.data")
+    share = launch_share(per_node=plan.prepare_data_per_node)
+    if share.world == 1:
+        results, _ = plan.prepare("fit", log)
+    else:
+        log.info("rank %d of %d (%s): building every %d-th piece", share.rank, share.world, share.launcher,
+                 share.world)
+        if share.rank == 0:
+            plan.check_leaks(log)
+        built, shared = prepare_share(plan.requests("fit"), share, plan.num_proc, plan.lock_timeout, log, started)
+        if shared is None:
+            print(json.dumps({"rank": share.rank, "world": share.world, "pieces_built": built,
+                              "seconds": round(time.monotonic() - started, 3)}), flush=True)
+            return
+        results = shared
+        for result in results:
+            log.info(describe(result))
     for result in results:
         print(json.dumps(result.summary(), ensure_ascii=False), flush=True)
 
@@ -112,6 +131,7 @@ def main(argv: list[str]) -> int:
         print("data options (a config's `data:` section, or on the command line):")
         print(data_options_help())
         return 0
+    started = time.monotonic()
     from medkor.checks import ConfigError, check_quickly, check_run_config
     from medkor.cli import one_line
 
@@ -123,21 +143,25 @@ def main(argv: list[str]) -> int:
         return 2
     from medkor.data.cache import CacheError
     from medkor.data.lock import LockTimeout
+    from medkor.data.ranks import RankError
     from medkor.data.sources import DataError
 
     try:
         if options is not None:
-            _prepare_plain(options)
+            from medkor.data.plan import DataPlan
+
+            _prepare(DataPlan.from_options(options), started)
             return 0
         from medkor.data import MedKorDataModule
         from medkor.lightning_cli import parse_run_config
 
         config = parse_run_config(argv)
         check_run_config(config)
-        module = MedKorDataModule(**_data_args(config))
-        for result in module.prepare_caches():
-            print(json.dumps(result.summary(), ensure_ascii=False), flush=True)
+        _prepare(MedKorDataModule(**_data_args(config)).plan, started)
     except ConfigError as err:
+        print(f"medkor prepare: error: {one_line(err)}", file=sys.stderr)
+        return 2
+    except RankError as err:
         print(f"medkor prepare: error: {one_line(err)}", file=sys.stderr)
         return 2
     except (DataError, CacheError, LockTimeout, ValueError, OSError, RuntimeError) as err:

@@ -100,7 +100,7 @@ class MedKorDataModule(pl.LightningDataModule):
         leak_threshold: Share of a question's n-grams found in one record that is reported as overlap.
         lock_timeout: Seconds a process waits for another process's build of the same cache (on any
             node) before it stops with a line naming the holder (host, pid, since) and the lock file.
-            A holder that died is taken over without waiting this long (docs/distributed.md). Null: no limit.
+            A holder that died is taken over without waiting this long (docs/distributed.md).
     """
 
     def __init__(
@@ -139,7 +139,7 @@ class MedKorDataModule(pl.LightningDataModule):
         allow_eval_overlap: bool = False,
         leak_ngram: int = 13,
         leak_threshold: float = 0.5,
-        lock_timeout: Optional[float] = DEFAULT_TIMEOUT,
+        lock_timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         options = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()

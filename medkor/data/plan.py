@@ -84,7 +84,8 @@ class DataPlan:
     val_fraction: float
     seed: int
     on_bad_record: str
-    lock_timeout: Optional[float] = DEFAULT_TIMEOUT
+    lock_timeout: float = DEFAULT_TIMEOUT
+    prepare_data_per_node: bool = True
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> "DataPlan":
@@ -103,8 +104,9 @@ class DataPlan:
             raise ValueError(f"max_samples must be positive, got {o['max_samples']}")
         if o["num_proc"] is not None and o["num_proc"] < 1:
             raise ValueError(f"num_proc must be at least 1 (or null for every usable core), got {o['num_proc']}")
-        if o.get("lock_timeout") is not None and o["lock_timeout"] < 0:
-            raise ValueError(f"lock_timeout must be >= 0 seconds (or null: no limit), got {o['lock_timeout']}")
+        lock_timeout = o.get("lock_timeout", DEFAULT_TIMEOUT)
+        if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float)) or lock_timeout < 0:
+            raise ValueError(f"lock_timeout must be a number of seconds >= 0 (every wait is bounded), got {lock_timeout!r}")
         data_dir = o["data_dir"]
         return cls(
             data_dir=data_dir,
@@ -124,7 +126,8 @@ class DataPlan:
             val_fraction=o["val_fraction"],
             seed=o["seed"],
             on_bad_record=o["on_bad_record"],
-            lock_timeout=o.get("lock_timeout", DEFAULT_TIMEOUT),
+            lock_timeout=float(lock_timeout),
+            prepare_data_per_node=o.get("prepare_data_per_node", True),
         )
 
     def selections(self, stage: str = "fit") -> dict[str, Selection]:
@@ -187,6 +190,7 @@ class DataPlan:
                 on_long_example=self.on_long_example,
                 num_proc=self.num_proc,
                 overwrite=self.overwrite_cache,
+                lock_timeout=self.lock_timeout,
             )
             for split, selection in selections.items()
         ]

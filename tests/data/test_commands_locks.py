@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 from pathlib import Path
 
+import pytest
 import yaml
 
 from medkor.commands import cache as cache_cmd
 from medkor.commands import prepare as prepare_cmd
+from medkor.data import MedKorDataModule
+from medkor.data.cache import CacheError, resolve
 from medkor.data.inventory import is_cache_folder, key_name
-from medkor.data.lock import BuildLock
+from medkor.data.lock import BuildLock, LockTimeout
 
 DEMO = Path(__file__).resolve().parents[2] / "medkor" / "assets" / "demo" / "tiny-gemma3"
 KEY = "0123456789abcdef0123"
@@ -58,3 +63,21 @@ def test_rm_spares_a_named_set_whose_build_holds_the_lock(tmp_path, data_dir, to
         builder.release()
     assert cache_cmd.main(["rm", str(cache_dir), "--all"]) == 0
     assert not building.exists() and not (cache_dir / name).exists()
+
+
+def test_a_build_waiting_for_another_builder_is_bounded_and_names_it(data_dir, tokenizer_dir):
+    dm = MedKorDataModule(data_dir=str(data_dir), tokenizer_path=str(tokenizer_dir), max_length=32, num_proc=1,
+                          lock_timeout=0.5)
+    train = dm.cache_requests()[0]
+    name = resolve(train).folder.name
+    other = BuildLock(train.cache_dir / f"{name}.lock", what=name)  # another process building the same key
+    other.acquire(timeout=0)
+    try:
+        with pytest.raises((LockTimeout, CacheError)) as raised:
+            dm.prepare_data()
+    finally:
+        other.release()
+    message = str(raised.value)
+    assert f"host {socket.gethostname()} pid {os.getpid()} since" in message and f"{name}.lock.owner" in message
+    assert "data.lock_timeout" in message
+    dm.prepare_data()  # the lock is free again: builds
