@@ -209,6 +209,7 @@ def test_runs_started_together_get_their_own_version_folders(two_runs):
         assert _steps(rows, "val/loss") == [steps - 1], (run, rows)
         assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [f"epoch00-step{steps}.ckpt", "last.ckpt"]
         assert len(list(run.glob("events.out.tfevents.*"))) == 1  # one TensorBoard writer per folder
+        assert not (run / "run.lock").exists()  # each run held its own folder's lock and gave it back
     assert sorted(seen) == [2, 3], seen
     print(f"\ntwo concurrent fits: {seconds:.1f} s")
 
