@@ -89,7 +89,7 @@ def test_prepare_hit_and_cache_commands_load_neither_lightning_nor_torch(stage_f
     built = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     cache_dir = Path(built[0]["path"]).parent
     commands = [["prepare", *argv], ["cache", "ls", str(cache_dir)], ["cache", "verify", str(cache_dir)],
-                ["cache", "rm", str(cache_dir), "--all", "--dry-run"]]
+                ["cache", "rm", str(cache_dir), "--all", "--dry-run"], ["cache", "gc", str(cache_dir), "--dry-run"]]
     code = ("import json, sys\nfrom medkor.cli import main\nfor args in json.loads(sys.argv[1]):\n"
             "    try:\n        main(args)\n    except SystemExit as exit:\n        print('EXIT', exit.code)\n"
             "print('HEAVY', sorted(m for m in ('lightning', 'torch', 'transformers') if m in sys.modules))")
@@ -97,6 +97,6 @@ def test_prepare_hit_and_cache_commands_load_neither_lightning_nor_torch(stage_f
     result = subprocess.run([sys.executable, "-c", code, json.dumps(commands)], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=120)
     assert "HEAVY []" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
-    assert result.stdout.count("EXIT 0") == 4, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.stdout.count("EXIT 0") == 5, result.stdout[-2000:] + result.stderr[-2000:]
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [(r["split"], r["status"], r["key"]) for r in lines] == [(r["split"], "hit", r["key"]) for r in built]
