@@ -82,3 +82,4 @@ def test_markdown_has_every_policy_and_the_fit_table(capsys):
         assert f"| `{policy}` |" in out
     assert "## The pipeline medkor replaces" in out and "## What fits on one GPU" in out
     assert "| **total** / **trainable** |" in out
+

@@ -93,7 +93,13 @@ def main(argv: list[str]) -> int:
         print(f"medkor plan: error: {one_line(err)}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError) else 1
     memory = plan_memory(facts, inputs.setup)
-    tips = advice(facts, inputs.setup) if not memory.fits else []
+    tips = []
+    if not memory.fits:
+        others = []
+        if inputs.model.get("trainable") not in ("lora",) and isinstance(inputs.model.get("trainable"), str):
+            lora = build_facts({**inputs.model, "trainable": "lora"}, inputs.fsdp_classes)
+            others.append(("model.trainable: lora (adapters only, embedding frozen)", lora))
+        tips = advice(facts, inputs.setup, others)
     if args.json:
         print(json.dumps(json_report(facts, inputs.setup, memory, tips, inputs.assumptions), ensure_ascii=False))
     else:

@@ -39,7 +39,7 @@ Where the terms come from:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Optional
+from typing import Any, Sequence
 
 from medkor.model.plan import ModelFacts
 
@@ -169,8 +169,10 @@ def loss_step(f: ModelFacts, s: RunSetup) -> int:
         return head_copy + hidden
     chunk = min(s.loss_chunk, tokens)
     logits = chunk * v * (4 + c if c < 4 else 4)
-    upcast = (chunk * h * 4 + 2 * chunk * HEAD_BLOCK_ROWS * 4) if (f.head_trainable and c < 4) else 0
-    return head_copy + logits + hidden + upcast
+    # the head gradient's half-precision product goes through a block of head rows where the device
+    # cannot add it into the float32 buffer directly (CPU); CUDA's addmm takes a float32 output
+    block = HEAD_BLOCK_ROWS * h * c if (f.head_trainable and c < 4 and s.device != "cuda") else 0
+    return head_copy + logits + hidden + block
 
 
 def optimizer_step(f: ModelFacts, s: RunSetup) -> int:
@@ -239,8 +241,11 @@ def plan_memory(f: ModelFacts, s: RunSetup) -> MemoryPlan:
                       points[peak_at], peak_at, s.device_memory, notes)
 
 
-def advice(f: ModelFacts, s: RunSetup) -> list[tuple[str, MemoryPlan]]:
-    """Changes that bring a plan under the device's memory, each with its predicted plan (fitting ones first)."""
+def advice(f: ModelFacts, s: RunSetup, policies: Sequence[tuple[str, ModelFacts]] = ()) -> list[tuple[str, MemoryPlan]]:
+    """Changes that lower a plan's peak, each with its predicted plan (those that fit first, then the lowest).
+
+    `policies`: (change, facts of the model built that way), e.g. another `trainable` policy.
+    """
     tries: list[tuple[str, RunSetup]] = []
     if not s.gradient_checkpointing:
         tries.append(("model.gradient_checkpointing: true", replace(s, gradient_checkpointing=True)))
@@ -251,8 +256,10 @@ def advice(f: ModelFacts, s: RunSetup) -> list[tuple[str, MemoryPlan]]:
                       replace(s, micro_batch=batch, accumulate=max(s.accumulate, 2))))
     if s.strategy != "fsdp" and s.devices > 1:
         tries.append(("trainer.strategy: FSDP (configs/strategies/fsdp.yaml)", replace(s, strategy="fsdp")))
-    if s.strategy != "fsdp" and s.devices == 1:
+    if s.strategy != "fsdp" and s.devices == 1 and s.device == "cuda":
         tries.append(("FSDP over 8 GPUs (configs/strategies/fsdp.yaml, trainer.devices: 8)",
                       replace(s, strategy="fsdp", devices=8)))
     out = [(text, plan_memory(f, setup)) for text, setup in tries]
-    return sorted(out, key=lambda item: (not item[1].fits, item[1].peak))
+    out += [(text, plan_memory(other, s)) for text, other in policies]
+    current = plan_memory(f, s).peak
+    return sorted((item for item in out if item[1].peak < current), key=lambda item: (not item[1].fits, item[1].peak))

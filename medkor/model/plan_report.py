@@ -10,7 +10,8 @@ from medkor.model.plan_memory import GB, MemoryPlan, RunSetup
 
 
 def gb(n: float) -> str:
-    return f"{n / GB:,.2f} GB"
+    """Bytes as GB (10^9), or MB below a tenth of a GB."""
+    return f"{n / GB:,.2f} GB" if n >= GB / 10 or n == 0 else f"{n / 1e6:,.1f} MB"
 
 
 def share(part: int, whole: int) -> str:

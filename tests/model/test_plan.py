@@ -122,6 +122,11 @@ def test_medgemma_4b_memory_against_an_independent_estimate(medgemma):
     assert not plan_memory(full, no_ckpt).fits
     tips = advice(full, no_ckpt)
     assert tips[0][1].fits and "FSDP" in tips[0][0]
+    # on a 24 GB card embeddings+lora does not fit; adapters alone do, and are named
+    small = replace(setup, device_memory=24 * GB)
+    lora = plan_model(str(medgemma), trainable="lora", lora={"r": R}, torch_dtype="bfloat16")
+    tips = dict(advice(facts, small, [("model.trainable: lora", lora)]))
+    assert not plan_memory(facts, small).fits and tips["model.trainable: lora"].fits
 
 
 # ---- activations: the per-token formula against the tensors autograd really keeps ----------
