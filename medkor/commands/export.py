@@ -117,6 +117,10 @@ def main(argv: list[str]) -> int:
     try:
         config = parse_run_config([x for c in args.config for x in ("--config", c)] + rest)
         kwargs = model_args(config)
+        if args.ckpt_path:  # a damaged checkpoint is refused before minutes of building the model
+            from medkor.callbacks.checkpoint_io import verify_checkpoint_file
+
+            verify_checkpoint_file(args.ckpt_path)
         print(f"medkor export: building the model of {', '.join(args.config) or 'the options'}"
               + (f" and loading {args.ckpt_path}" if args.ckpt_path else ""), file=sys.stderr, flush=True)
         module = MedGemmaModule(**kwargs)
