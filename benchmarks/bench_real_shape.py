@@ -313,9 +313,13 @@ def main() -> int:
         _child("make_tokenizers", args)
         one = plan(args, plan_folder(args.workdir, 1))["memory"]["peak"]
         per_layer = plan(args, plan_folder(args.workdir, 2))["memory"]["peak"] - one
-        args.layers = max(1, min(34, 1 + int((budget - one) // per_layer)))
         print(f"MemAvailable less 2.5 GB: {budget / 1e9:.1f} GB; planned {one / 1e9:.2f} GB + "
-              f"{per_layer / 1e9:.3f} GB per layer -> {args.layers} layers", file=sys.stderr)
+              f"{per_layer / 1e9:.3f} GB per layer", file=sys.stderr)
+        if budget < one:
+            print("not even one decoder layer fits now; try again when more memory is free", file=sys.stderr)
+            return 2
+        args.layers = min(34, 1 + int((budget - one) // per_layer))
+        print(f"-> {args.layers} layers", file=sys.stderr)
     made = _child("make", args)
     planned = plan(args, args.workdir / f"model-{args.layers}")
     measured = _child("train", args, timed=True)

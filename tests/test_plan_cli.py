@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from medkor.commands.plan import main
 from medkor.model.build import build_model
 from medkor.model.policies import count_parameters
 
 DEMO = "configs/demo.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    # the command sets HF_HUB_OFFLINE for its process; here it must not outlive each test
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 def _json(capsys, *args: str) -> dict:
@@ -48,6 +56,9 @@ def test_fsdp_strategy_units_and_devices(capsys):
     assert fsdp["root_params"] + fsdp["unit_params"] == report["model"]["total_params"]
     single = _json(capsys, "--trainer.accelerator", "gpu")
     assert report["memory"]["optimizer_states"] == single["memory"]["optimizer_states"] // 4
+    ddp = _json(capsys, "--config", "configs/strategies/ddp.yaml", "--devices", "2")
+    assert (ddp["setup"]["strategy"], ddp["setup"]["devices"]) == ("ddp", 2)
+    assert ddp["memory"]["gradients"] == 2 * single["memory"]["gradients"]  # DDP's buckets hold a copy
 
 
 def test_too_small_device_warns_and_names_changes(capsys):

@@ -56,8 +56,12 @@ def main(argv: list[str]) -> int:
         if value is not None and value <= 0:
             print(f"medkor plan: error: --{name} must be > 0, got {value:g}", file=sys.stderr)
             return 2
+    import os
     import warnings
 
+    # The plan reads config.json and tokenizer files only, from a folder or the local hub cache:
+    # never a download, never a wait on the network.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from medkor.checks import ConfigError, check_quickly
     from medkor.cli import one_line
 
