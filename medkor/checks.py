@@ -256,9 +256,37 @@ def check_run_paths(config: Any) -> None:
                           "by `medkor fit` (fit also takes `last`: the newest last.ckpt under the logger's folder)")
 
 
+def _first_logger_root(config: Any) -> Optional[Path]:
+    """`<save_dir>/<name>` of the config's first logger, when the config spells it out (else None)."""
+    loggers = _get(config, "trainer.logger")
+    first = loggers[0] if isinstance(loggers, list) and loggers else loggers
+    args = first.get("init_args") if isinstance(first, dict) else None
+    if not isinstance(args, dict) or not args.get("save_dir") or args.get("version") is not None:
+        return None
+    name = args.get("name", "lightning_logs")  # the default of Lightning's CSV and TensorBoard loggers
+    return Path(str(args["save_dir"])) / str(name) if name else Path(str(args["save_dir"]))
+
+
+def check_resume_target(config: Any) -> None:
+    """A `fit --ckpt_path` into a run folder that a running process holds is refused before anything loads.
+
+    The run lock itself is taken later, when the run folder is settled; this only answers early.
+    """
+    ckpt, root = _get(config, "ckpt_path"), _first_logger_root(config)
+    if not ckpt or root is None or str(ckpt) in _CKPT_WORDS - {"last"}:
+        return
+    from medkor.run.folders import find_last_checkpoint, version_of_checkpoint
+    from medkor.run.run_lock import check_free
+
+    checkpoint = find_last_checkpoint(root) if str(ckpt) == "last" else Path(str(ckpt)).expanduser()
+    version = version_of_checkpoint(checkpoint, root) if checkpoint is not None else None
+    if version is not None:
+        check_free(root / f"version_{version}")
+
+
 def check_quickly(args: list[str], paths: bool = True, command: Optional[str] = None) -> None:
-    """`check_run_config` (and `check_run_paths`, and for `fit` `check_fit_config`) on `quick_config(args)`;
-    nothing when it cannot be read quickly."""
+    """`check_run_config` (and `check_run_paths`, and for `fit` `check_fit_config` and `check_resume_target`)
+    on `quick_config(args)`; nothing when it cannot be read quickly."""
     config = quick_config(args)
     if config is None:
         return
@@ -267,6 +295,8 @@ def check_quickly(args: list[str], paths: bool = True, command: Optional[str] = 
         check_fit_config(config)
     if paths:
         check_run_paths(config)
+        if command == "fit":
+            check_resume_target(config)
 
 
 def quick_config(args: list[str]) -> Optional[dict[str, Any]]:

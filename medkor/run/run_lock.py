@@ -168,16 +168,8 @@ class RunLock:
             if other.pid == me.pid and other.host == me.host and running:
                 os.replace(temp, self.path)  # this very process took it earlier and never released it
                 return
-            if running is None:
-                raise RunFolderBusy(
-                    f"run folder {self.folder} is locked by {other.described()}; medkor cannot see from "
-                    f"{me.host} whether that run goes on. If it has ended, remove {self.path} and start again"
-                )
-            if running:
-                raise RunFolderBusy(
-                    f"run folder {self.folder} is in use by {other.described()}; wait for that run to end "
-                    f"(or stop it: kill {other.pid}), then resume with --ckpt_path last. Nothing was written"
-                )
+            if running is not False:
+                raise _refusal(self.path, other, running)
             os.replace(temp, self.path)
             say(f"run folder {self.folder}: taking over the lock of {other.described()}, which no longer runs")
             return
@@ -197,6 +189,30 @@ class RunLock:
         if os.environ.get(ENV, "").split(" ", 1)[0] == self.holder.token:
             del os.environ[ENV]
         self.holder = None
+
+
+def _refusal(path: Path, other: Holder, running: Optional[bool]) -> RunFolderBusy:
+    if running is None:
+        return RunFolderBusy(
+            f"run folder {path.parent} is locked by {other.described()}; medkor cannot see from "
+            f"{socket.gethostname()} whether that run goes on. If it has ended, remove {path} and start again"
+        )
+    return RunFolderBusy(
+        f"run folder {path.parent} is in use by {other.described()}; wait for that run to end "
+        f"(or stop it: kill {other.pid}), then resume with --ckpt_path last. Nothing was written"
+    )
+
+
+def check_free(folder: Path) -> None:
+    """Raise the `RunFolderBusy` that taking the folder's lock now would raise; take nothing.
+
+    For a check before anything loads: a stale lock passes (taking it over says so later).
+    """
+    path = Path(folder) / LOCK_NAME
+    other = read_holder(path)
+    running = holder_running(other) if other is not None else False
+    if other is not None and running is not False:
+        raise _refusal(path, other, running)
 
 
 def check_launch_lock() -> None:

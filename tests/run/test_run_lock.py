@@ -26,6 +26,7 @@ from medkor.run.run_lock import (
     LOCK_NAME,
     RunFolderBusy,
     RunLock,
+    check_free,
     check_launch_lock,
     process_start,
     read_holder,
@@ -117,6 +118,20 @@ def test_a_killed_holder_not_yet_reaped_is_stale(tmp_path):
         child.wait()
 
 
+def test_check_free_takes_nothing_and_lets_a_stale_lock_pass(tmp_path):
+    check_free(tmp_path)  # no lock
+    path = _plant(tmp_path, _dead_pid())
+    before = path.read_bytes()
+    check_free(tmp_path)  # stale: the run that takes it over says so
+    _plant(tmp_path, os.getpid(), started=process_start(os.getpid()))
+    with pytest.raises(RunFolderBusy, match=f"in use by pid {os.getpid()} "):
+        check_free(tmp_path)
+    _plant(tmp_path, 1, host="gpu-node-07")
+    with pytest.raises(RunFolderBusy, match="locked by pid 1 on host gpu-node-07"):
+        check_free(tmp_path)
+    assert before != path.read_bytes() and sorted(p.name for p in tmp_path.iterdir()) == [LOCK_NAME]
+
+
 def test_a_lock_of_another_host_is_never_taken(tmp_path):
     path = _plant(tmp_path, _dead_pid(), host="gpu-node-07")  # dead here means nothing: it is another machine's pid
     before = path.read_bytes()
@@ -185,6 +200,35 @@ def test_eight_processes_started_together_one_holds_the_lock(tmp_path):
 
 
 # ---------------------------------------------------------------- two resumes of one run through `medkor fit`
+
+
+@pytest.mark.parametrize("ckpt", ["last", "path"])
+def test_a_resume_into_a_held_run_is_refused_before_lightning_loads(repo_root, demo_data_dir, tmp_path, ckpt):
+    from tests.run.test_cli_runs import _config
+
+    config = _config(repo_root, tmp_path, demo_data_dir)
+    run = tmp_path / "logs" / "demo" / "version_0"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"not loaded: the refusal comes first")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = _plant(run, sleeper.pid, started=process_start(sleeper.pid))
+        before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+        args = ["fit", "--config", str(config), "--ckpt_path",
+                "last" if ckpt == "last" else str(run / "checkpoints" / "last.ckpt")]
+        code = ("import sys\nfrom medkor.cli import main\ntry:\n    main(%r)\nexcept SystemExit as e:\n"
+                "    print('EXIT', e.code)\nprint('HEAVY', sorted(m for m in ('torch', 'lightning') if m in sys.modules))"
+                % (args,))
+        result = subprocess.run([sys.executable, "-c", code], cwd=repo_root, env=_env(repo_root), capture_output=True,
+                                text=True, timeout=120)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert "EXIT 2" in result.stdout and "HEAVY []" in result.stdout, (result.stdout, result.stderr[-2000:])
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"medkor fit: error: run folder {run} is in use by pid "
+                                                   f"{sleeper.pid} on host {socket.gethostname()}, since "), lines
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before and lock.is_file()
 
 
 class HoldAtTrainStart(Callback):
