@@ -4,6 +4,13 @@
 (1 = real token) and `position_ids` (restart at 0 at every document start and at
 the start of every row), all `torch.long` of shape (B, T). Packed rows all have
 `max_length` tokens except possibly the last one, so padding is rare and dynamic.
+
+Beside them, facts about the batch that the training step would otherwise have to
+read back from the device (each read makes the host wait for the GPU), computed here
+on the host from the rows: `num_tokens` (real tokens, int), `packed` (some row holds
+a document start after its first token, bool) and `loss_positions` (`torch.long`,
+the flat indices into (B, T - 1) of the shifted targets that count: position t of
+row b, predicting labels[b, t + 1], is `b * (T - 1) + t`).
 """
 
 from __future__ import annotations
@@ -57,9 +64,18 @@ class Collator:
                 labels[i, begin:end] = IGNORE_INDEX
             attention[i, :n] = 1
             positions[i, :n] = position_ids_for(n, starts)
+        packed = any(np.any(np.asarray(row[1]) > 0) for row in rows)
         return {
             "input_ids": torch.from_numpy(input_ids),
             "labels": torch.from_numpy(labels),
             "attention_mask": torch.from_numpy(attention),
             "position_ids": torch.from_numpy(positions),
+            "num_tokens": int(sum(len(row[0]) for row in rows)),
+            "packed": bool(packed),
+            "loss_positions": torch.from_numpy(loss_positions(labels)),
         }
+
+
+def loss_positions(labels: np.ndarray) -> np.ndarray:
+    """Flat indices into (B, T - 1) of the shifted targets that are not ignored (`torch.long` order)."""
+    return np.flatnonzero(labels[:, 1:] != IGNORE_INDEX).astype(np.int64)

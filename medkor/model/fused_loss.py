@@ -239,18 +239,17 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
             grad_h, grad_w = ctx.grads
             ctx.grads = None  # the only other reference: autograd can then take grad_w as .grad without a copy
             # The incoming gradient is 1 for a plain loss.backward(); a loss scaler or a
-            # weighted sum of losses sends something else.
-            if grad_output.device.type != "cpu" or float(grad_output) != 1.0:
-                for g in (grad_h, grad_w):
-                    if g is not None:
-                        g.mul_(grad_output.to(g.dtype))
+            # weighted sum of losses sends something else. Scaled on the device, never read.
+            for g in (grad_h, grad_w):
+                if g is not None:
+                    g.mul_(grad_output.to(g.dtype))
             return grad_h, grad_w, None, None, None, None, None
         hidden, weight, targets, lse = ctx.saved_tensors
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         into_grad = want_w and _can_write_into_grad(weight)
         grad_h = torch.empty_like(hidden) if want_h else None
         grad_w = weight.grad if into_grad else (_head_grad_buffer(weight) if want_w else None)
-        scale = float(grad_output) / count
+        scale = grad_output.float() / count  # a device scalar: never read on the host
         with torch.autocast(hidden.device.type, enabled=False):
             h, w = hidden.to(dtype), weight.to(dtype)
             for start in range(0, count, chunk_size):

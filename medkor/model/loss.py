@@ -1,6 +1,7 @@
 """Causal-LM cross-entropy from final hidden states, never materialising all logits.
 
-`next_token_loss` shifts and filters the labels, then runs one implementation
+`next_token_loss` shifts the labels and keeps the positions that count (given by
+the collate, so nothing is read back from the device), then runs one implementation
 (`loss_impl`):
 - `torch` (default): `medkor.model.fused_loss.FusedLinearCrossEntropy`, chunks of
   tokens with the gradients formed in the forward pass; any device, any dtype.
@@ -34,12 +35,28 @@ log = logging.getLogger(__name__)
 _announced: set[str] = set()
 
 
-def shift_for_next_token(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flattened (hidden, target) pairs: position t predicts labels[t + 1]; ignored ones dropped."""
-    h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
-    y = labels[:, 1:].reshape(-1)
-    keep = y != IGNORE_INDEX
-    return h[keep], y[keep]
+def target_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Flat indices into (B, T - 1) of the shifted targets that count (not `IGNORE_INDEX`).
+
+    Reads the labels back to learn how many there are (a host wait on a GPU); batches
+    from `medkor.data.collate` carry these indices (`loss_positions`), computed on the host.
+    """
+    return (labels[:, 1:].reshape(-1) != IGNORE_INDEX).nonzero().squeeze(1)
+
+
+def shift_for_next_token(
+    hidden: torch.Tensor, labels: torch.Tensor, positions: Optional[torch.Tensor] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flattened (hidden, target) pairs: position t predicts labels[t + 1]; ignored ones dropped.
+
+    `positions`: the flat indices of the pairs that count (`target_positions`); given,
+    nothing is read back from the device (the number of pairs is its length).
+    """
+    if positions is None:
+        positions = target_positions(labels)
+    h = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, positions)
+    y = labels[:, 1:].reshape(-1).index_select(0, positions)
+    return h, y
 
 
 def cce_installed() -> bool:
@@ -89,6 +106,7 @@ def next_token_loss(
     chunk_size: int = 512,
     softcap: Optional[float] = None,
     impl: str = "torch",
+    positions: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, int]:
     """Mean next-token cross-entropy of `hidden @ weight.T` against unshifted `labels`.
 
@@ -99,6 +117,9 @@ def next_token_loss(
         chunk_size: tokens per chunk; peak logits memory is chunk_size x V.
         softcap: Gemma-style final logit soft-capping, if the config uses it.
         impl: `torch`, `torch_recompute`, `cce` or `auto` (see the module docstring).
+        positions: flat indices into (B, T - 1) of the shifted targets that count, as the
+            collate makes them (`loss_positions`); None: found from `labels` (a read of the
+            device, which makes the host wait on a GPU).
 
     Returns:
         (mean loss, number of predicted tokens). With no labelled token the loss
@@ -107,8 +128,8 @@ def next_token_loss(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     impl = resolve_loss_impl(impl, hidden.device)
-    h, y = shift_for_next_token(hidden, labels)
-    count = int(y.numel())
+    h, y = shift_for_next_token(hidden, labels, positions)
+    count = y.shape[0]  # known on the host: the length of `positions`
     if count == 0:
         return hidden.sum() * 0.0 + weight.sum() * 0.0, 0
     if impl == "cce":

@@ -17,7 +17,8 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from medkor.model.build import BASE_VOCAB_KEY, BuiltModel, build_model
 from medkor.model.embeddings import NewTokenInit, OutputInit
-from medkor.model.inputs import attention_inputs, mask_padding_labels
+from medkor.callbacks.logging_steps import is_logging_step
+from medkor.model.inputs import BatchFacts, attention_masks, batch_facts, facts_of, mask_padding_labels
 from medkor.model.loading import DTYPES, text_config
 from medkor.model.loss import LossImpl, cce_installed, next_token_loss
 from medkor.model.optim import build_optimizer, build_scheduler, param_groups, warmup_steps_for
@@ -126,6 +127,7 @@ class MedGemmaModule(LightningModule):
         self._lora = lora  # hparams keep the value as given (a dict from a config file)
         self._built: Optional[BuiltModel] = None
         self._throughput = ThroughputMeter()
+        self._last_loss: Optional[torch.Tensor] = None  # the latest step's loss, read at logging steps
 
     # ---- building -----------------------------------------------------------
     def configure_model(self) -> None:
@@ -247,22 +249,39 @@ class MedGemmaModule(LightningModule):
         input_ids: torch.Tensor,
         attention_mask: Optional[torch.Tensor] = None,
         position_ids: Optional[torch.Tensor] = None,
+        facts: Optional[BatchFacts] = None,
     ) -> torch.Tensor:
-        """Final hidden states (B, T, H) of the decoder, before the output head."""
-        mask, positions = attention_inputs(attention_mask, position_ids)
+        """Final hidden states (B, T, H) of the decoder, before the output head.
+
+        `facts` (packing, left padding) come from the collate; without them they are read
+        back from the tensors. The model gets finished attention masks (`medkor.model.inputs`).
+        """
+        if facts is None:
+            facts = facts_of(input_ids, attention_mask, position_ids)
+        config = text_config(self.hf_model)
+        embeds_like = torch.empty(
+            (*input_ids.shape, 0), dtype=self.hf_model.get_input_embeddings().weight.dtype, device=input_ids.device
+        )
+        masks = attention_masks(config, embeds_like, attention_mask, position_ids, facts)
         out = self.hf_model.base_model(
-            input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False
+            input_ids=input_ids, attention_mask=masks, position_ids=position_ids, use_cache=False
         )
         return out.last_hidden_state
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-        """(mean next-token loss, predicted tokens) of a batch; logits never fully materialised."""
+    def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
+        """(mean next-token loss, predicted tokens) of a batch; logits never fully materialised.
+
+        A batch from the collate reads nothing back from the device: its facts and the
+        positions that count (`loss_positions`) were computed on the host.
+        """
         attention_mask = batch.get("attention_mask")
-        hidden = self(batch["input_ids"], attention_mask, batch.get("position_ids"))
-        labels = mask_padding_labels(batch["labels"], attention_mask)
+        hidden = self(batch["input_ids"], attention_mask, batch.get("position_ids"), batch_facts(batch))
+        positions = batch.get("loss_positions")
+        labels = batch["labels"] if positions is not None else mask_padding_labels(batch["labels"], attention_mask)
         head = self.hf_model.get_output_embeddings().weight
         softcap = getattr(text_config(self.hf_model), "final_logit_softcapping", None)
-        return next_token_loss(hidden, head, labels, self.hparams.loss_chunk_size, softcap, self.hparams.loss_impl)
+        return next_token_loss(hidden, head, labels, self.hparams.loss_chunk_size, softcap, self.hparams.loss_impl,
+                               positions)
 
     # ---- steps --------------------------------------------------------------
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -275,16 +294,28 @@ class MedGemmaModule(LightningModule):
         if schedule.apply(index, optimizer, weight_decay=self.hparams.weight_decay):
             rank_zero_info(f"trainable phase {index + 1}/{len(schedule.phases)} ({schedule.phases[index].policy}) "
                            f"from step {step}: {trainable_summary(self.model)}")
-        self.log("train/trainable_phase", float(index + 1), on_step=True, on_epoch=False)
+        if is_logging_step(self.trainer):  # a number logged is a tensor made on the device: only when it is read
+            self.log("train/trainable_phase", float(index + 1), on_step=True, on_epoch=False)
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, count = self.loss(batch)
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=max(count, 1))
-        mask = batch.get("attention_mask")
-        self._throughput.add(int(mask.sum()) if mask is not None else batch["input_ids"].numel())
+        # a tensor, read by the logger at logging steps only; not in the progress bar, which
+        # Lightning reads after every batch (on_train_batch_end shows it there at logging steps)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, batch_size=max(count, 1))
+        self._last_loss = loss.detach()
+        self._throughput.add(batch_facts(batch).num_tokens)
         return loss
 
+    def on_train_start(self) -> None:
+        self._throughput.tick()  # the first logging step's rate counts from here
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not is_logging_step(self.trainer):
+            return  # nothing read, nothing logged: the device runs ahead
+        loss = self._last_loss
+        if loss is not None:
+            # waits for the step once (the logger reads the same value next); the bar shows it until the next one
+            self.trainer.progress_bar_metrics["train/loss"] = float(loss)
         rate = self._throughput.tick()
         for i, group in enumerate(self.optimizers().optimizer.param_groups if self._has_optimizer() else []):
             name = "train/lr" if i == 0 else f"train/lr_{group.get('name', i)}"

@@ -43,7 +43,12 @@ def flops_per_token(text_config: Any, n_params: int, seq_len: int) -> float:
 
 
 class ThroughputMeter:
-    """Tokens/s between consecutive optimizer-step ends (data loading included)."""
+    """Tokens/s between consecutive ticks (the training step ticks at logging steps; data loading included).
+
+    Only host numbers: token counts come from the collate, so counting reads nothing
+    from the device. Between two logging steps the host does not wait for the device,
+    so only a window that ends at a read (a logging step) times the device's work.
+    """
 
     def __init__(self) -> None:
         self._last: Optional[float] = None

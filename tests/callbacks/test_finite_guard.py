@@ -21,10 +21,11 @@ POISON_PARAM = "model.model.layers.1.mlp.down_proj.weight"
 class TinyModule(pl.LightningModule):
     """A tiny causal LM whose loss (``nan_batches``) or one gradient (``inf_grad_batches``) can be poisoned."""
 
-    def __init__(self, tokenizer, lr=1e-3, nan_batches=(), inf_grad_batches=()):
+    def __init__(self, tokenizer, lr=1e-3, nan_batches=(), inf_grad_batches=(), fused=False):
         super().__init__()
         self.model = build_model(tokenizer).train()
         self.lr = lr
+        self.fused = fused
         self.nan_batches = set(nan_batches)
         self.inf_grad_batches = set(inf_grad_batches)
         self._batch_idx = None
@@ -43,7 +44,8 @@ class TinyModule(pl.LightningModule):
             grad.view(-1)[3] = float("inf")
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.parameters(), lr=self.lr)
+        # fused: the kernel takes the guard's device flag (found_inf); plain: the guard reads every step
+        return torch.optim.AdamW(self.parameters(), lr=self.lr, fused=self.fused or None)
 
 
 class Snapshots(Callback):
@@ -91,8 +93,9 @@ def all_weights_finite(module):
 
 
 def test_all_finite_flags_nan_and_inf_but_not_large_values():
-    big = torch.full((1000,), 1e30)  # its 2-norm overflows float32: the fast flag's false alarm is confirmed away
-    assert not bool(finite_flag([big])) and all_finite([big])
+    big = torch.full((1000,), 1e30)  # its 2-norm overflows float32, not the float64 norm the flag takes
+    assert bool(finite_flag([big])) and all_finite([big])
+    assert all_finite([torch.full((1000,), 3e38)])  # near float32's largest value
     assert all_finite([big, torch.tensor(1.0), torch.zeros(0), torch.ones(3, dtype=torch.bfloat16)])
     assert all_finite([torch.full((10_000,), 1000.0, dtype=torch.float16)])
     assert not all_finite([big, torch.tensor([1.0, float("nan")])])
@@ -197,3 +200,48 @@ def test_skip_mode_stops_once_more_than_max_skipped(tmp_path, tokenizer):
     with pytest.raises(NonFiniteLossError, match=r"3 optimizer steps were skipped .*max_skipped=2; the last at global step 3"):
         trainer.fit(module, batches(tokenizer))
     assert guard.skipped == 3 and all_weights_finite(module)
+
+
+# ---- decided on the device: a fused optimizer skips on the guard's flag, read at logging steps only
+def test_fused_stop_is_read_at_the_logging_step_and_no_update_after_the_bad_one(tmp_path, tokenizer):
+    module = TinyModule(tokenizer, nan_batches={1}, fused=True)
+    snapshots = Snapshots()
+    trainer = make_trainer(tmp_path, [NonFiniteGuard(), snapshots], log_every_n_steps=3)
+    with pytest.raises(NonFiniteLossError, match=r"global step 1 \(epoch 0, batch 1\): loss nan \(batch 1\).*\. "
+                                                 r"The optimizer step was not taken \(nor the 1 after it\)"):
+        trainer.fit(module, batches(tokenizer))
+    assert trainer.global_step == 2  # read at the third step (a logging step), before its update
+    assert not torch.equal(snapshots.before[0], snapshots.before[1])  # step 0 did train
+    weights = torch.nn.utils.parameters_to_vector(module.parameters()).detach()
+    assert torch.equal(weights, snapshots.before[1])  # nothing from step 1 on reached the weights
+    assert not hasattr(trainer.optimizers[0], "found_inf")
+
+
+def test_fused_skip_leaves_exactly_the_bad_step_out_and_counts_it_at_the_read(tmp_path, tokenizer, caplog):
+    module = TinyModule(tokenizer, inf_grad_batches={1}, fused=True)
+    snapshots = Snapshots()
+    guard = NonFiniteGuard(mode="skip")
+    trainer = make_trainer(tmp_path, [guard, snapshots], log_every_n_steps=3)
+    with caplog.at_level("INFO"):
+        trainer.fit(module, batches(tokenizer))
+    assert trainer.global_step == 4 and guard.skipped == 1
+    for k in range(4):
+        assert torch.equal(snapshots.before[k], snapshots.after[k]) == (k == 1), k
+    assert all(torch.equal(a, b) for a, b in zip(snapshots.moments_before[1], snapshots.moments_after[1]))
+    state = trainer.optimizers[0].state
+    assert all(int(s["step"]) == 3 for s in state.values())  # the skipped step is not counted by Adam either
+    skips = [r.getMessage() for r in caplog.records if "NonFiniteGuard skipped" in r.getMessage()]
+    assert len(skips) == 1 and f"global step 1 (epoch 0, batch 1): inf in the gradient of {POISON_PARAM}" in skips[0]
+    with open(trainer.logger.log_dir + "/metrics.csv", encoding="utf-8") as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get("train/skipped_steps")]
+    assert [(int(r["step"]), float(r["train/skipped_steps"])) for r in rows] == [(2, 1)]  # logging steps only
+
+
+def test_a_checkpoint_between_logging_steps_reads_the_flags_first(tmp_path, tokenizer):
+    module = TinyModule(tokenizer, nan_batches={1}, fused=True)
+    periodic = ModelCheckpoint(dirpath=tmp_path / "every", every_n_train_steps=1, save_top_k=-1, filename="{step}")
+    with pytest.raises(NonFiniteLossError, match=r"global step 1 "):
+        make_trainer(tmp_path, [NonFiniteGuard(), periodic], log_every_n_steps=50).fit(module, batches(tokenizer))
+    # the checkpoint after the bad step was refused before it was written
+    assert sorted(p.name for p in (tmp_path / "every").iterdir()) == ["step=1.ckpt"]
+    assert all_weights_finite(module)

@@ -19,8 +19,10 @@ def test_batch_contract():
         (np.array([13, 1, 2], dtype=np.int32), np.array([2], dtype=np.int32)),
     ]
     batch = Collator(pad_token_id=0)(rows)
-    assert set(batch) == {"input_ids", "labels", "attention_mask", "position_ids"}
-    assert all(t.dtype == torch.long and t.shape == (2, 6) for t in batch.values())
+    tensors = {"input_ids", "labels", "attention_mask", "position_ids"}
+    assert set(batch) == tensors | {"num_tokens", "packed", "loss_positions"}
+    assert all(batch[k].dtype == torch.long and batch[k].shape == (2, 6) for k in tensors)
+    assert batch["num_tokens"] == 9 and batch["packed"] is True and batch["loss_positions"].tolist() == [0, 1, 2, 4, 5]
     assert batch["input_ids"][1].tolist() == [13, 1, 2, 0, 0, 0]
     assert batch["attention_mask"][1].tolist() == [1, 1, 1, 0, 0, 0]
     assert batch["labels"][0].tolist() == [IGNORE_INDEX, 10, 11, 1, IGNORE_INDEX, 12]
