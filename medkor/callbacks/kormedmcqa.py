@@ -11,6 +11,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
+from medkor.callbacks.preemption import between_batches
 from medkor.eval.distributed import gather_objects, max_over_ranks, sync_counts
 from medkor.eval.kormedmcqa import EvalSettings, KorMedMCQAEvaluator, Scoring
 from medkor.eval.predictions import (
@@ -110,14 +111,20 @@ class KorMedMCQAEval(Callback):
         self._last_fit_step: Optional[int] = None
         self._checkpoint_position: Optional[tuple[int, int]] = None  # (epoch, step) of a loaded checkpoint
         self._repeats_said = False  # the repeated questions are named once: every evaluation scores the same set
+        self._running: Optional[dict[str, Any]] = None  # the evaluation under way (a checkpoint saved in it owes it)
+        self._owed: Optional[dict[str, Any]] = None  # a training evaluation a stopped run did not finish
 
     # ---- checkpoint state: the baseline and history survive a resume
     def state_dict(self) -> dict[str, Any]:
-        return {"baseline": self.baseline, "evaluations": list(self.evaluations)}
+        state = {"baseline": self.baseline, "evaluations": list(self.evaluations)}
+        if self._running is not None and self._running["stage"] == "fit":
+            state["interrupted"] = dict(self._running)  # saved mid-evaluation (a signal): the resumed run redoes it
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.baseline = state_dict.get("baseline")
         self.evaluations = list(state_dict.get("evaluations", []))
+        self._owed = state_dict.get("interrupted")
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         # validate/test restore no loop state: the checkpoint's own epoch and step name its evaluation
@@ -145,6 +152,9 @@ class KorMedMCQAEval(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # on_train_start (not on_fit_start): every strategy has restored this callback's state
         # and the global step by now, and no optimizer step has run yet.
+        owed, self._owed = self._owed, None
+        if owed is not None and owed.get("step") == trainer.global_step:
+            self._evaluate(trainer, pl_module, "fit", position=(int(owed["epoch"]), int(owed["step"])))
         if not self.run_baseline:
             return
         if self.baseline is not None and not self.rerun_baseline_on_resume:
@@ -177,7 +187,11 @@ class KorMedMCQAEval(Callback):
             self._evaluate(trainer, pl_module, "test")
 
     # ---- one evaluation
-    def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> dict[str, Any]:
+    def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str,
+                  position: Optional[tuple[int, int]] = None) -> dict[str, Any]:
+        self._running = {"stage": stage, "epoch": trainer.current_epoch, "step": trainer.global_step}
+        if position is not None:  # (epoch, step) of an interrupted evaluation done now
+            self._running.update(epoch=position[0], step=position[1])
         model, tokenizer = _model_and_tokenizer(pl_module)
         run_dir = Path(trainer.log_dir or trainer.default_root_dir) / METRIC_PREFIX  # collective: all ranks
         start = time.perf_counter()
@@ -189,7 +203,8 @@ class KorMedMCQAEval(Callback):
                 tokenizer,
                 rank=trainer.global_rank,
                 world_size=trainer.world_size,
-                forward_context=trainer.precision_plugin.forward_context,
+                # a stop signal (SaveOnPreemption) is acted on after the current batch, not after all of them
+                forward_context=between_batches(trainer, trainer.precision_plugin.forward_context),
             )
         subsets = self.evaluator.subsets
         question_set = self._question_set(trainer)
@@ -206,7 +221,8 @@ class KorMedMCQAEval(Callback):
         gathered = gather_objects(records) if self.write_predictions else []
         seconds = max_over_ranks(time.perf_counter() - start, device=pl_module.device)
 
-        epoch, step = trainer.current_epoch, trainer.global_step
+        self._running = None
+        epoch, step = position or (trainer.current_epoch, trainer.global_step)
         standalone = stage in ("validate", "test")
         if standalone and self._checkpoint_position is not None:
             epoch, step = self._checkpoint_position
