@@ -7,8 +7,9 @@ training files plus a small validation file, then alternates, `--repeat` times, 
 `medkor prepare` as one process and as two processes started together with
 `RANK`/`WORLD_SIZE` (each `--data.num_proc 1`, `TOKENIZERS_PARALLELISM=false`: one
 tokenizer thread per rank), each into an empty cache directory. Reports every wall
-time, the best of each and their ratio, and whether the two builds' rows are the same
-row for row.
+time, the best of each and their ratio, the CPU seconds of the busiest rank (what the
+wall time is on idle cores; on a shared machine the ranks compete with everything else
+for the same cores), and whether the two builds' rows are the same row for row.
 """
 
 from __future__ import annotations
@@ -44,19 +45,25 @@ def _env(rank: int | None, world: int) -> dict[str, str]:
     return env
 
 
-def prepare(config: Path, cache_dir: Path, world: int) -> tuple[float, list[str]]:
-    """Wall seconds of a cold `medkor prepare` on `world` ranks started together, and rank 0's JSON lines."""
+def prepare(config: Path, cache_dir: Path, world: int) -> tuple[float, float, list[str]]:
+    """A cold `medkor prepare` on `world` ranks started together: wall seconds, the CPU seconds (user + system)
+    of its busiest rank, and rank 0's JSON lines."""
     shutil.rmtree(cache_dir, ignore_errors=True)
     args = [sys.executable, "-m", "medkor", "prepare", "--config", str(config), "--data.cache_dir", str(cache_dir)]
+    outs = [tempfile.TemporaryFile(mode="w+") for _ in range(world)]
     start = time.perf_counter()
-    ranks = [subprocess.Popen(args, env=_env(rank if world > 1 else None, world), cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for rank in range(world)]
-    outputs = [rank.communicate() for rank in ranks]
-    seconds = time.perf_counter() - start
-    for rank, (out, err) in zip(ranks, outputs):
+    ranks = [subprocess.Popen(args, env=_env(rank if world > 1 else None, world), cwd=ROOT, stdout=outs[rank],
+                              stderr=subprocess.DEVNULL, text=True) for rank in range(world)]
+    cpu = []
+    for rank in ranks:
+        _, status, usage = os.wait4(rank.pid, 0)
+        rank.returncode = os.waitstatus_to_exitcode(status)
+        cpu.append(usage.ru_utime + usage.ru_stime)
         if rank.returncode != 0:
-            raise SystemExit(f"prepare failed ({rank.returncode}):\n{err[-3000:]}")
-    return seconds, [line for line in outputs[0][0].splitlines() if line.startswith("{")]
+            raise SystemExit(f"prepare failed ({rank.returncode}); run it by hand: {' '.join(args)}")
+    seconds = time.perf_counter() - start
+    outs[0].seek(0)
+    return seconds, max(cpu), [line for line in outs[0].read().splitlines() if line.startswith("{")]
 
 
 def rows_of(lines: list[str]) -> dict[str, pa.Table]:
@@ -87,19 +94,24 @@ def main() -> None:
             "data": {"data_dir": str(data), "max_length": 2048, "num_proc": 1, "prepare_data_per_node": False},
         }))
         times: dict[int, list[float]] = {1: [], 2: []}
+        cpu: dict[int, list[float]] = {1: [], 2: []}
         lines: dict[int, list[str]] = {}
         for _ in range(args.repeat):
             for world in (1, 2):
-                seconds, lines[world] = prepare(config, work / f"cache-{world}", world)
+                seconds, busiest, lines[world] = prepare(config, work / f"cache-{world}", world)
                 times[world].append(seconds)
-                print(f"{world} rank(s): {seconds:.2f} s", flush=True)
+                cpu[world].append(busiest)
+                print(f"{world} rank(s): {seconds:.2f} s wall, busiest rank {busiest:.2f} s CPU", flush=True)
         one, two = rows_of(lines[1]), rows_of(lines[2])
         same = one.keys() == two.keys() and all(one[s].equals(two[s]) for s in one)
         best = {world: min(values) for world, values in times.items()}
         print(json.dumps({
             "corpus_mb": args.mb, "files": args.files, "tokens": sum(json.loads(x)["tokens"] for x in lines[1]),
             "one_rank_s": [round(t, 2) for t in times[1]], "two_ranks_s": [round(t, 2) for t in times[2]],
-            "ratio_best": round(best[2] / best[1], 3), "rows_identical": same, "cpus": os.cpu_count(),
+            "ratio_best": round(best[2] / best[1], 3),
+            "one_rank_cpu_s": [round(t, 2) for t in cpu[1]], "two_ranks_busiest_cpu_s": [round(t, 2) for t in cpu[2]],
+            "cpu_ratio_best": round(min(cpu[2]) / min(cpu[1]), 3),
+            "rows_identical": same, "cpus": os.cpu_count(), "load_after": os.getloadavg()[0],
         }, indent=1))
     finally:
         shutil.rmtree(work, ignore_errors=True)

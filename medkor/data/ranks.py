@@ -132,7 +132,8 @@ def prepare_share(requests: list[CacheRequest], share: Share, num_proc: Optional
     if share.rank != 0:
         return built, None
     others = [_rank_lock(cache_dir, run, rank) for rank in range(1, share.world)]
-    told = time.monotonic()
+    waiting = time.monotonic()  # the wait is bounded from here: rank 0's own share may take long
+    told = waiting - TELL_EVERY
     keys = piece_keys(requests)
     while True:
         missing = sum(not store.has(key) for key, store in keys.items())
@@ -143,9 +144,9 @@ def prepare_share(requests: list[CacheRequest], share: Share, num_proc: Optional
         if not alive and now - started >= START_GRACE:
             log.info("%d pieces missing and no other rank is building: rank 0 builds them", missing)
             break
-        if now - started > timeout:
+        if now - waiting > timeout:
             raise LockTimeout(
-                f"gave up after {now - started:.0f} s waiting for ranks {alive} to build {missing} pieces "
+                f"gave up after {now - waiting:.0f} s waiting for ranks {alive} to build {missing} pieces "
                 f"({cache_dir / RANKS_FOLDER}); rerun `medkor prepare` (finished pieces are kept) or raise "
                 "data.lock_timeout"
             )

@@ -151,3 +151,21 @@ def _options(data: Path, tokenizer_dir: Path) -> dict:
 
     return {**class_defaults(datamodule_source(), "MedKorDataModule"), "data_dir": str(data),
             "tokenizer_path": str(tokenizer_dir), "max_length": 64, "num_proc": 1}
+
+
+def test_rank_zero_waits_for_a_live_rank_no_longer_than_the_lock_timeout(tmp_path, tokenizer_dir):
+    from medkor.data.lock import LockTimeout
+    from medkor.data.ranks import _rank_lock, _run_name
+
+    data = _corpus(tmp_path / "data", files=4, docs=10)
+    plan = DataPlan.from_options({**_options(data, tokenizer_dir), "cache_dir": str(tmp_path / "shared")})
+    requests = plan.requests("fit")
+    busy = _rank_lock(tmp_path / "shared", _run_name(requests), 1)  # rank 1: alive, building, never done
+    busy.acquire(timeout=0)
+    try:
+        start = time.monotonic()
+        with pytest.raises(LockTimeout, match=r"waiting for ranks \[1\] to build 2 pieces .*data\.lock_timeout"):
+            prepare_share(requests, Share(0, 2), 1, 1.0, logging.getLogger("test"), started=start - 3600)
+        assert time.monotonic() - start < 30
+    finally:
+        busy.release()
