@@ -41,6 +41,18 @@ class SignalTwice(Callback):
             os.kill(os.getpid(), self.signum)
 
 
+class SignalOnRank(Callback):
+    """Send `signum` to this process when the batch of `step` begins, on global rank `rank` only."""
+
+    def __init__(self, step: int, rank: int, signum: int = int(signal.SIGTERM)) -> None:
+        self.step, self.rank, self.signum, self._sent = step, rank, signum, False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_rank == self.rank and trainer.global_step == self.step and not self._sent:
+            self._sent = True
+            os.kill(os.getpid(), self.signum)
+
+
 class SignalInValidation(Callback):
     """Send `signum` when the first validation batch of the fit begins."""
 
@@ -165,3 +177,27 @@ def test_a_signal_in_a_kormedmcqa_evaluation_is_acted_on_before_its_next_batch(r
     with (run / "metrics.csv").open(encoding="utf-8") as f:
         evaluated = [int(r["step"]) for r in csv.DictReader(f) if r.get("kormedmcqa/acc")]
     assert evaluated == [0, STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]  # the interrupted one ran again, once
+
+
+def test_under_ddp_a_signal_to_one_rank_stops_both_at_the_next_logging_step(repo_root, shared):
+    """Two gloo ranks: only rank 1 is signalled; rank 0 learns it in the logging step's read (with the guard's)."""
+    tmp = _case(shared, "ddp")
+    extra = [{"class_path": "tests.run.test_signals.SignalOnRank", "init_args": {"step": 0, "rank": 1}},
+             {"class_path": "medkor.callbacks.finite_guard.NonFiniteGuard"}]
+    config = resume_config(repo_root, tmp / "logs", 1, 4, extra)
+    config["trainer"].update(log_every_n_steps=2)  # logging steps end at global steps 2 and 4
+    config["data"].update(cache_dir=str(tmp.parent / "cache"), batch_size=8)
+    path = write_config(config, tmp / "ddp.yaml")
+    env = {**os.environ, "PYTHONPATH": str(repo_root), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "OMP_NUM_THREADS": "1"}
+    for name in ("LOCAL_RANK", "NODE_RANK", "GLOBAL_RANK", "RANK", "WORLD_SIZE"):
+        env.pop(name, None)
+    stopped = subprocess.run(
+        [sys.executable, "-m", "medkor", "fit", "--config", str(path), "--trainer.strategy", "ddp",
+         "--trainer.devices", "2", "--trainer.accelerator", "cpu"],
+        cwd=repo_root, env=env, capture_output=True, text=True, timeout=400)
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    run = tmp / "logs" / "demo" / "version_0"
+    # signalled in step 0, acted on at the end of step 1 (the first logging step), by both ranks
+    assert f"received SIGTERM: saved {run / 'checkpoints' / 'last.ckpt'} at global step 2" in stopped.stderr
+    assert _last(run)["global_step"] == 2
