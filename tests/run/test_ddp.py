@@ -317,13 +317,13 @@ def test_ranks_train_on_disjoint_halves_of_each_epoch(straight):
     for step in steps:  # both ranks at the same position of the same epoch
         assert rows[0]["batches"][step]["batch_idx"] == rows[1]["batches"][step]["batch_idx"]
 
-    # and they are exactly the rank's share of the epoch's permutation, batched as the loader does
+    # and they are exactly the rank's slices of the epoch's global order, batched as the loader does
     (train,) = [p for p in (straight["tmp"] / "cache").iterdir() if p.is_dir() and p.name.startswith("train-")]
     dataset = RowsFile(train / "rows.arrow")
     collate = Collator(json.loads((train / "manifest.json").read_text(encoding="utf-8"))["pad_token_id"])
     seed = yaml.safe_load((straight["run"] / "config.yaml").read_text(encoding="utf-8"))["data"]["seed"]
     for rank in (0, 1):
-        sampler = EpochShuffleSampler(len(dataset), seed, num_replicas=2, rank=rank)
+        sampler = EpochShuffleSampler(len(dataset), seed, num_replicas=2, rank=rank, batch_size=BATCH_SIZE)
         for step in steps:
             epoch, batch_idx = divmod(step, STEPS_PER_EPOCH)
             sampler.set_epoch(epoch)
