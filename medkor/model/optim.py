@@ -8,6 +8,9 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
+# What a run without an end counts as its length (`estimated_stepping_batches` is infinite): refused.
+UNBOUNDED_STEPS = 10**12
+
 
 def param_groups(
     model: nn.Module,
@@ -107,7 +110,18 @@ def build_scheduler(
     learning_rate: float,
     min_learning_rate: float,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step schedule; every group follows the same shape relative to its own peak LR."""
+    """Per-step schedule; every group follows the same shape relative to its own peak LR.
+
+    Raises:
+        ValueError: `total_steps` is `UNBOUNDED_STEPS` or more (a run with neither `max_epochs` nor
+            `max_steps`: warmup and decay would stretch over it and the learning rate stay near zero),
+            or `min_learning_rate` is out of range.
+    """
+    if total_steps >= UNBOUNDED_STEPS:
+        raise ValueError(
+            f"the learning-rate schedule needs the run's length, and this run has none ({total_steps:,} steps: "
+            "trainer.max_epochs -1 and trainer.max_steps -1): set trainer.max_steps or trainer.max_epochs"
+        )
     if min_learning_rate < 0 or (learning_rate > 0 and min_learning_rate > learning_rate):
         raise ValueError(f"min_learning_rate {min_learning_rate} must be in [0, learning_rate={learning_rate}]")
     min_ratio = min_learning_rate / learning_rate if learning_rate > 0 else 0.0

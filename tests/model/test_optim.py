@@ -50,3 +50,28 @@ def test_nothing_to_train_is_an_error():
     model = torch.nn.Linear(2, 2).requires_grad_(False)
     with pytest.raises(ValueError, match="nothing to train"):
         param_groups(model, learning_rate=1e-3, weight_decay=0.0)
+
+
+def test_a_schedule_without_an_end_is_refused():
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.ones(2))], lr=1.0)
+    with pytest.raises(ValueError, match="needs the run's length.*set trainer.max_steps or trainer.max_epochs"):
+        build_scheduler(optimizer, total_steps=10**12, warmup=0, learning_rate=1.0, min_learning_rate=0.0)
+
+
+def test_a_fit_without_an_end_stops_before_its_first_step(demo_model_path, demo_extended_tokenizer_path):
+    """Lightning's estimate is infinite: before, the schedule took 10**12 steps and the lr stayed near zero."""
+    from lightning.pytorch import Trainer
+    from torch.utils.data import DataLoader
+
+    from medkor.model import MedGemmaModule
+
+    module = MedGemmaModule(str(demo_model_path), str(demo_extended_tokenizer_path), trainable="embeddings",
+                            warmup_ratio=0.1)
+    ids = torch.randint(3, 100, (1, 8))
+    data = DataLoader([{"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)}], batch_size=None)
+    # max_time only bounds the old behaviour's endless fit here; it gives the schedule no length either
+    trainer = Trainer(accelerator="cpu", max_epochs=-1, max_steps=-1, max_time={"seconds": 20}, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(ValueError, match="needs the run's length"):
+        trainer.fit(module, train_dataloaders=data)
+    assert trainer.global_step == 0
