@@ -96,7 +96,8 @@ def module_args(paths: dict, policy: str, args: argparse.Namespace, fsdp: bool =
     """MedGemmaModule's arguments as the GPU configs set them (configs/medgemma-4b, strategies/fsdp.yaml)."""
     kwargs = {"model_name_or_path": paths["model"], "tokenizer_path": paths["tokenizer"], "trainable": policy,
               "learning_rate": 1e-4, "gradient_checkpointing": not fsdp,
-              "torch_dtype": "float32" if fsdp else "bfloat16", "loss_impl": "torch", "loss_chunk_size": 512}
+              "torch_dtype": "float32" if fsdp or policy == "full" else "bfloat16",  # as full.yaml and fsdp.yaml
+              "loss_impl": "torch", "loss_chunk_size": 512}
     if "lora" in policy:
         kwargs["lora"] = dict(LORA, r=8, alpha=16) if args.tiny else dict(LORA)
     return kwargs
