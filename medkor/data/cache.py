@@ -8,13 +8,14 @@ checked, memory-mapped).
 Layout under `cache_dir`:
     <split>-<key20>/rows.arrow, pieces.json, manifest.json   a published cache (manifest written last)
     <split>-<key20>.lock                        serialises builders of that key
-    .tmp-<split>-<key20>-<host>-<pid>-<rand>/   a build in progress (or a dead one)
-    .trash-<split>-<key20>-<rand>/              a replaced cache being removed
+    .<split>-<key20>.partial-<host>-<pid>-<rand>/  a build in progress (or a dead one's, swept)
+    .trash-<split>-<key20>-rm/                  a cache `medkor cache rm` is removing
     .pieces/                                    tokenized pieces by content (see pieces.py)
     fingerprints.json                           remembered content hashes (see fingerprint.py)
 
-A folder at a published name only ever appears by renaming a finished temporary
-folder whose manifest was written and synced last, so a build killed at any moment
+A folder at a published name only ever appears by publishing a finished staging
+folder whose manifest was written and synced last (`medkor.run.publish.publish_folder`:
+one rename, or one atomic exchange with a damaged or overwritten cache), so a build killed at any moment
 leaves nothing that can be taken for a cache, and the previous caches and pieces stay usable.
 
 Checked as read: a process that finds or opens a cache compares the rows file's
@@ -30,9 +31,7 @@ import json
 import logging
 import os
 import shutil
-import socket
 import time
-import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -49,6 +48,7 @@ from medkor.data.key import (  # noqa: F401  (re-exported: the names callers kno
 from medkor.data.lock import DEFAULT_TIMEOUT, BuildLock, LockTimeout
 from medkor.data.pieces import Claim, PieceRef, PieceStore, build_pieces, pieces_in_order, plan_pieces
 from medkor.data.rows import ROWS_FILE, RowsFile, unreadable
+from medkor.run.publish import OLD_MARK, STAGING_MARK, discard, publish_folder, staging_for, sweep_leftovers
 
 log = logging.getLogger("medkor.data")
 
@@ -163,13 +163,14 @@ def explain_miss(cache_dir: Path, inputs: dict[str, Any]) -> str:
 
 
 def sweep(cache_dir: Path, name: Optional[str] = None) -> list[Path]:
-    """Remove leftover temporary and trash folders (of one key when `name` is given).
+    """Remove leftover build and trash folders (of one key when `name` is given).
 
-    Call with the key's lock held: then no live builder owns a temporary folder of it.
+    Staging folders of builders that died on this host go (`publish.sweep_leftovers`);
+    with the key's lock held no live builder owns a `.tmp-`/`.trash-` folder of it either.
     """
-    removed = []
     if not cache_dir.is_dir():
-        return removed
+        return []
+    removed = sweep_leftovers(cache_dir, name)
     for path in cache_dir.iterdir():
         for prefix in (TMP_PREFIX, TRASH_PREFIX):
             if path.name.startswith(prefix) and (name is None or path.name.startswith(f"{prefix}{name}-")):
@@ -199,26 +200,6 @@ def _check_disk(request: CacheRequest) -> None:
             f"{request.cache_dir}: building the {request.split!r} cache needs about {need / 2**30:.2f} GiB "
             f"free, only {free / 2**30:.2f} GiB is; free space or set cache_dir to a larger disk"
         )
-
-
-def _publish(tmp: Path, final: Path) -> bool:
-    """Rename the finished build into place; False when another builder published first."""
-    trash = None
-    if final.exists():
-        # overwrite: move the old cache aside (its memory-maps stay valid), then swap in
-        trash = final.with_name(f"{TRASH_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}")
-        os.rename(final, trash)
-    try:
-        os.rename(tmp, final)
-    except OSError:
-        if final.is_dir() and check_manifest(final) is None:
-            shutil.rmtree(tmp, ignore_errors=True)  # lock not honoured (e.g. NFS): rename decided
-            return False
-        raise
-    _fsync_dir(final.parent)
-    if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
-    return True
 
 
 def _stat_of(path: Path) -> list[int]:
@@ -286,12 +267,11 @@ def _build(request: CacheRequest, resolved: Resolved, tokenizer: Any, claims: Ex
     The pieces it uses stay claimed (`claims`) until the caller has published.
     """
     final = resolved.folder
-    tmp = request.cache_dir / f"{TMP_PREFIX}{final.name}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     store = PieceStore(request.cache_dir)
     store.remove_stale_temporaries()
     refs = plan_pieces(request, resolved, store)
     claims.enter_context(Claim(store, final.name, [ref.key for ref in refs]))
-    tmp.mkdir()
+    tmp = staging_for(final)  # .<name>.partial-<host>-<pid>-<rand>: whose it is, for the sweep
     start = time.perf_counter()
     used: list[str] = []
     counts = {"read": 0, "tokenized": 0}
@@ -361,7 +341,7 @@ def _build(request: CacheRequest, resolved: Resolved, tokenizer: Any, claims: Ex
             )
         return tmp, manifest
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard(tmp)
         raise
 
 
@@ -374,7 +354,8 @@ def _hit(request: CacheRequest, folder: Path, key: str, start: float) -> CacheRe
 
 def _sweep_if_idle(cache_dir: Path, name: str) -> None:
     """Remove a key's leftover build folders when no builder of that key is running."""
-    if not any(p.name.startswith((f"{TMP_PREFIX}{name}-", f"{TRASH_PREFIX}{name}-")) for p in cache_dir.iterdir()):
+    marks = (f"{TMP_PREFIX}{name}-", f"{TRASH_PREFIX}{name}-", f".{name}{STAGING_MARK}", f".{name}{OLD_MARK}")
+    if not any(p.name.startswith(marks) for p in cache_dir.iterdir()):
         return
     lock = BuildLock(cache_dir / f"{name}.lock", what=name)
     if not lock.try_acquire():
@@ -487,15 +468,14 @@ def ensure_caches(requests: list[CacheRequest], load_tokenizer: Optional[Callabl
                 item = built.pop(0)
                 request = requests[item.index]
                 manifest = item.manifest
-                if not _publish(item.tmp, item.final):
-                    manifest = read_manifest(item.final)
+                publish_folder(item.tmp, item.final)  # an old folder at the name (damaged, overwritten) goes last
                 results[item.index] = CacheResult(
                     request.split, "built", item.final, manifest["key"], manifest["rows"], manifest["tokens"],
                     item.seconds, manifest,
                 )
     finally:
         for item in built:  # a later split failed: publish none of the finished ones
-            shutil.rmtree(item.tmp, ignore_errors=True)
+            discard(item.tmp)
         for lock in reversed(locks):
             lock.release()
         memos.save()

@@ -41,7 +41,7 @@ def _published(cache_dir: Path) -> list[Path]:
 def _wait_for_build_folder(cache_dir: Path, proc: subprocess.Popen, limit: float = 60) -> bool:
     end = time.time() + limit
     while time.time() < end and proc.poll() is None:
-        if cache_dir.is_dir() and any(p.name.startswith(".tmp-") for p in cache_dir.iterdir()):
+        if cache_dir.is_dir() and any(".partial-" in p.name for p in cache_dir.iterdir()):
             return True
         time.sleep(0.01)
     return False
@@ -71,7 +71,8 @@ def test_sigkill_at_random_moments_leaves_no_cache(tmp_path, tokenizer_dir):
     assert [p.name for p in _published(cache_dir)] == [Path(result["path"]).name]
     assert verify_cache(Path(result["path"])) == []
     assert result["tokens"] > 6000 * 10
-    assert not [p for p in cache_dir.iterdir() if p.name.startswith(".tmp-")], "stale build folders were not swept"
+    assert not [p for p in cache_dir.iterdir() if p.name.startswith(".tmp-") or ".partial-" in p.name], \
+        "stale build folders were not swept"
 
 
 def _children(pid: int) -> list[int]:
@@ -137,7 +138,7 @@ def test_ctrl_c_stops_prepare_cleanly(tmp_path, tokenizer_dir):
     assert proc.returncode == 130 and "medkor prepare: interrupted" in err and "Traceback" not in err
     assert not any(map(_alive, workers))
     assert _published(data_dir / ".cache") == []
-    assert not [p for p in (data_dir / ".cache").iterdir() if p.name.startswith(".tmp-")]
+    assert not [p for p in (data_dir / ".cache").iterdir() if p.name.startswith(".tmp-") or ".partial-" in p.name]
 
 
 def test_two_builders_started_together_build_once(tmp_path, tokenizer_dir):

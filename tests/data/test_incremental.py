@@ -233,7 +233,7 @@ def test_sigkill_during_an_incremental_build_keeps_the_previous_cache(tmp_path, 
         proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         end = time.time() + 60
         while proc.poll() is None and time.time() < end and not any(
-                p.name.startswith(".tmp-") for p in (data / ".cache").iterdir()):
+                ".partial-" in p.name for p in (data / ".cache").iterdir()):
             time.sleep(0.01)
         killed_inside += proc.poll() is None
         time.sleep(random.uniform(0.0, 0.5))  # planning, tokenizing pieces, packing or publishing
