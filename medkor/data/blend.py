@@ -114,18 +114,16 @@ class Blend:
 
 def _mix64(x: np.ndarray) -> np.ndarray:
     """splitmix64's finaliser, elementwise on uint64 (wrapping arithmetic)."""
-    with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)  # arrays wrap without a warning
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
 def stream_key(*parts: int) -> int:
     """One 64-bit key from small integers (seed, source, pass, ...)."""
     key = np.uint64(0x9E3779B97F4A7C15)
     for part in parts:
-        with np.errstate(over="ignore"):
-            key = _mix64(np.asarray([key ^ np.uint64(int(part) & 0xFFFFFFFFFFFFFFFF)], dtype=np.uint64))[0]
+        key = _mix64(np.asarray([key ^ np.uint64(int(part) & 0xFFFFFFFFFFFFFFFF)], dtype=np.uint64))[0]
     return int(key)
 
 
@@ -146,8 +144,7 @@ class SeededPermutation:
     def _rounds(self, x: np.ndarray) -> np.ndarray:
         left, right = x >> np.uint64(self.half), x & self.mask
         for k in self.keys:
-            with np.errstate(over="ignore"):
-                left, right = right, left ^ (_mix64(right ^ k) & self.mask)
+            left, right = right, left ^ (_mix64(right ^ k) & self.mask)
         return (left << np.uint64(self.half)) | right
 
     def __call__(self, indices: np.ndarray) -> np.ndarray:

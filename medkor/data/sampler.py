@@ -20,6 +20,8 @@ from torch.utils.data import DistributedSampler
 
 from medkor.data.blend import MixedStream
 
+BLOCK_ROWS = 4096  # rows of this rank computed together (a few global steps ahead; nothing per row is kept)
+
 
 class _Count:
     """A sized stand-in for the dataset: the sampler needs only its length."""
@@ -126,11 +128,21 @@ class EpochShuffleSampler(DistributedSampler):
         epoch = self.epoch
         self.drawn = first_step * self.global_batch
         self.on_draw(epoch, self.drawn)
+        per_rank = self.batch_size * self.accumulate
+        ahead = max(1, BLOCK_ROWS // per_rank)  # global steps turned into rows at once
+        block: list[int] = []
+        block_from, block_stream = first_step, None
         for step in range(first_step, self.steps):
-            stream = self.stream()  # rebuilt each step: a weight change applies from the next global batch
-            rows = stream.rows(self.stream_positions(self.rank_positions(step), epoch))
+            stream = self.stream()
+            if stream is not block_stream or step >= block_from + len(block) // per_rank:
+                # a weight change applies from the next global batch: rows computed ahead under the
+                # old weights are computed again
+                steps = range(step, min(step + ahead, self.steps))
+                positions = np.concatenate([self.rank_positions(s) for s in steps])
+                block, block_from, block_stream = stream.rows(self.stream_positions(positions, epoch)).tolist(), step, stream
             self.drawn = (step + 1) * self.global_batch
-            for row in rows.tolist():
+            first = (step - block_from) * per_rank
+            for row in block[first:first + per_rank]:
                 self.on_draw(epoch, self.drawn)
                 yield row
 
