@@ -214,7 +214,13 @@ def plan_memory(f: ModelFacts, s: RunSetup) -> MemoryPlan:
     act = activations(f, s, s.gradient_checkpointing)
     act_other = activations(f, s, not s.gradient_checkpointing)
     loss = loss_step(f, s)
-    head_grad = 4 * f.head_rows * f.hidden // n if f.head_trainable else 0
+    head_grad = 4 * f.head_rows * f.hidden if f.head_trainable else 0
+    dense_grad = head_grad  # the embedding lookup's own gradient of a trainable tied embedding
+    if s.strategy == "fsdp" and head_grad:
+        # the loss forms the whole head's gradient on every rank (float32, then cast to the gathered
+        # compute dtype) before FSDP reduce-scatters it; the lookup's gradient is in that dtype too
+        head_grad += s.compute_bytes * f.head_rows * f.hidden
+        dense_grad = s.compute_bytes * f.head_rows * f.hidden
     second_head = head_grad if (s.accumulate > 1 and s.loss_impl == "torch") else 0
     opt = optimizer_step(f, s)
     ev = evaluation(f, s)
@@ -222,9 +228,9 @@ def plan_memory(f: ModelFacts, s: RunSetup) -> MemoryPlan:
     static = weights + moments + runtime
     # tied trainable embedding: its own dense gradient arrives at the end of backward, beside the head's;
     # `new_embeddings` masks old rows in a hook that clones the gradient it is given
-    tied_grad = head_grad if (f.head_tied and f.embedding_trainable) else 0
+    tied_grad = dense_grad if (f.head_tied and f.embedding_trainable) else 0
     if any(p.policy == "new_embeddings" for p in f.phases):
-        tied_grad += head_grad
+        tied_grad += dense_grad
     # Lightning zeroes gradients after the training step's forward, just before backward: the
     # previous step's gradients are still there while the next forward and loss run, and
     # through an evaluation that follows an optimizer step.
@@ -254,11 +260,13 @@ def advice(f: ModelFacts, s: RunSetup, policies: Sequence[tuple[str, ModelFacts]
         batch //= 2
         tries.append((f"data.batch_size: {batch} (raise trainer.accumulate_grad_batches to keep the step)",
                       replace(s, micro_batch=batch, accumulate=max(s.accumulate, 2))))
+    # configs/strategies/fsdp.yaml checkpoints every decoder layer too
     if s.strategy != "fsdp" and s.devices > 1:
-        tries.append(("trainer.strategy: FSDP (configs/strategies/fsdp.yaml)", replace(s, strategy="fsdp")))
+        tries.append(("trainer.strategy: FSDP (--config configs/strategies/fsdp.yaml, layers checkpointed)",
+                      replace(s, strategy="fsdp", gradient_checkpointing=True)))
     if s.strategy != "fsdp" and s.devices == 1 and s.device == "cuda":
-        tries.append(("FSDP over 8 GPUs (configs/strategies/fsdp.yaml, trainer.devices: 8)",
-                      replace(s, strategy="fsdp", devices=8)))
+        tries.append(("FSDP over 8 GPUs (--config configs/strategies/fsdp.yaml --trainer.devices 8, layers checkpointed)",
+                      replace(s, strategy="fsdp", devices=8, gradient_checkpointing=True)))
     out = [(text, plan_memory(f, setup)) for text, setup in tries]
     out += [(text, plan_memory(other, s)) for text, other in policies]
     current = plan_memory(f, s).peak
