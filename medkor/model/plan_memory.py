@@ -265,7 +265,8 @@ def advice(f: ModelFacts, s: RunSetup, policies: Sequence[tuple[str, ModelFacts]
         tries.append(("trainer.strategy: FSDP (--config configs/strategies/fsdp.yaml, layers checkpointed)",
                       replace(s, strategy="fsdp", gradient_checkpointing=True)))
     if s.strategy != "fsdp" and s.devices == 1 and s.device == "cuda":
-        tries.append(("FSDP over 8 GPUs (--config configs/strategies/fsdp.yaml --trainer.devices 8, layers checkpointed)",
+        tries.append(("FSDP over 8 GPUs (--config configs/strategies/fsdp.yaml --trainer.devices 8, "
+                      "layers checkpointed)",
                       replace(s, strategy="fsdp", devices=8, gradient_checkpointing=True)))
     out = [(text, plan_memory(f, setup)) for text, setup in tries]
     out += [(text, plan_memory(other, s)) for text, other in policies]

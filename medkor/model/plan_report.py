@@ -45,7 +45,8 @@ def text_lines(f: ModelFacts, s: RunSetup, m: MemoryPlan, tips: list[tuple[str, 
         + f", torch_dtype {f.torch_dtype}",
         f"embedding    {e.rows_before:,} -> {e.rows_after:,} rows (checkpoint tokenizer {e.n_base:,} tokens, "
         f"training tokenizer {e.n_tokenizer:,}; output head {'tied' if f.head_tied else 'untied'})",
-        f"parameters   {f.total_params:,} total, {f.trainable_params:,} trainable ({share(f.trainable_params, f.total_params)})",
+        f"parameters   {f.total_params:,} total, {f.trainable_params:,} trainable "
+        f"({share(f.trainable_params, f.total_params)})",
     ]
     for p in f.phases:
         until = f" until step {p.until_step:,}" if p.until_step is not None else ""
