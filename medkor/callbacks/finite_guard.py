@@ -55,7 +55,9 @@ class NonFiniteGuard(Callback):
     the next logging step (``trainer.log_every_n_steps``, where the logger reads anyway),
     before any checkpoint is written, and at the end of an epoch. In ``stop`` mode the
     first non-finite step also blocks every later update until that read, so the weights
-    stay those from before it. An optimizer that takes no ``found_inf`` (a plain
+    stay those from before it. With several ranks the read is one all-reduce, shared with
+    `SaveOnPreemption`'s check when it comes first among the callbacks (as `medkor fit`
+    places it). An optimizer that takes no ``found_inf`` (a plain
     ``torch.optim.AdamW`` on CPU) is checked before each step with one read instead.
 
     Under DDP the gradients are already averaged over the ranks, so every rank finds
@@ -152,7 +154,12 @@ class NonFiniteGuard(Callback):
                 bad = self._blocked
             device = params[0].device if params else ok.device
             raw.found_inf = bad.to(device=device, dtype=torch.float32)
-        if is_logging_step(trainer):
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        # read after the step (whose update the optimizer already skipped if it was bad), so that
+        # SaveOnPreemption, earlier in the callbacks, can put its own flag in the same read
+        if self._pending and is_logging_step(trainer):
             self.resolve(trainer, pl_module)
             self._log_skipped(pl_module)
 

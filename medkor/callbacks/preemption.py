@@ -143,6 +143,12 @@ class SaveOnPreemption(Callback):
 
         for signum in dict.fromkeys(signums):
             self._previous[signum] = signal.signal(signum, handler)
+        # Lightning broadcasts, and reads back, its own SIGTERM flag before every batch on several
+        # ranks; with its handler replaced that flag never changes, so that read only makes every
+        # step wait. The agreement above (at logging steps) takes its place.
+        epoch_loop = trainer.fit_loop.epoch_loop
+        if hasattr(epoch_loop, "_broadcast_sigterm_tensor"):
+            epoch_loop._broadcast_sigterm_tensor = lambda: None
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._restore()

@@ -210,7 +210,7 @@ def test_fused_stop_is_read_at_the_logging_step_and_no_update_after_the_bad_one(
     with pytest.raises(NonFiniteLossError, match=r"global step 1 \(epoch 0, batch 1\): loss nan \(batch 1\).*\. "
                                                  r"The optimizer step was not taken \(nor the 1 after it\)"):
         trainer.fit(module, batches(tokenizer))
-    assert trainer.global_step == 2  # read at the third step (a logging step), before its update
+    assert trainer.global_step == 3  # read at the end of the third step (a logging step), its update blocked
     assert not torch.equal(snapshots.before[0], snapshots.before[1])  # step 0 did train
     weights = torch.nn.utils.parameters_to_vector(module.parameters()).detach()
     assert torch.equal(weights, snapshots.before[1])  # nothing from step 1 on reached the weights
