@@ -162,7 +162,24 @@ def collect_garbage(cache_dir: Path, dry_run: bool = False) -> tuple[list[tuple[
             removed.append((path, size))
         if not dry_run:
             removed += [(p, 0) for p in store.remove_stale_temporaries()]
+            files = _file_hashes(cache_dir)
+            for plan in store.plans():  # the cuts of file versions no cache was built from
+                if plan.name.split("-")[0] not in files:
+                    plan.unlink(missing_ok=True)
     return removed, kept
+
+
+def _file_hashes(cache_dir: Path) -> set[str]:
+    """Content hashes (first 32 hex) of the data files the published caches were built from."""
+    hashes = set()
+    for folder in _folders(cache_dir):
+        if folder.name.startswith((TMP_PREFIX, TRASH_PREFIX)) or check_manifest(folder) is not None:
+            continue
+        try:
+            hashes.update(f["xxh3"][:32] for f in read_manifest(folder)["inputs"]["files"])
+        except (OSError, ValueError, KeyError):
+            continue
+    return hashes
 
 
 def verify_cache(folder: Path) -> list[str]:

@@ -38,7 +38,7 @@ from medkor.data.encode import ChunkEncoder, EncodedChunk, ordered_map, worker_c
 from medkor.data.key import PIECE_BYTES, CacheError, CacheRequest, Resolved, piece_context, piece_key
 from medkor.data.lock import BuildLock
 from medkor.data.sources import LineSpan, check_file
-from medkor.run.atomic import atomic_write_text, host_tag
+from medkor.run.atomic import atomic_write_text, host_tag, writer_alive
 
 log = logging.getLogger("medkor.data")
 
@@ -193,20 +193,28 @@ class PieceStore:
                             arrays.get("ignored"), arrays.get("draws"))
 
     def remove_stale_temporaries(self, older_than: float = STALE_TMP_SECONDS) -> list[Path]:
-        """Temporary piece files a killed writer left (old enough that no live writer owns them)."""
+        """Temporary piece files a killed writer left: its process is gone from this host, or the file is
+        so old that no live writer owns it."""
         removed = []
         if not self.root.is_dir():
             return removed
         now = time.time()
         for path in self.root.iterdir():
-            if path.name.startswith(TMP_PREFIX) and path.is_file():
-                try:
-                    if now - path.stat().st_mtime > older_than:
-                        path.unlink()
-                        removed.append(path)
-                except FileNotFoundError:
-                    pass
+            if not (path.name.startswith(TMP_PREFIX) and path.is_file()):
+                continue
+            parts = path.name.rsplit("-", 3)  # .tmp-<key>-<host>-<pid>-<rand>
+            dead = len(parts) == 4 and parts[2].isdigit() and not writer_alive(parts[1], int(parts[2]))
+            try:
+                if dead or now - path.stat().st_mtime > older_than:
+                    path.unlink()
+                    removed.append(path)
+            except FileNotFoundError:
+                pass
         return removed
+
+    def plans(self) -> list[Path]:
+        folder = self.root / "plans"
+        return sorted(folder.glob("*.json")) if folder.is_dir() else []
 
 
 def plan_pieces(request: CacheRequest, resolved: Resolved, store: PieceStore) -> list[PieceRef]:

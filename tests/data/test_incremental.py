@@ -273,6 +273,7 @@ def test_cache_ls_shows_pieces_and_gc_removes_only_unused_ones(tmp_path, tokeniz
     assert ", ".join(sorted([old.path.name, new.path.name])) in out  # a piece both caches use
     assert remove_cache(old.path)
     store = PieceStore(cache)
+    assert len(store.plans()) == 4  # the cuts of train-a, both versions of train-b, train-c
     with Claim(store, "a-running-build", only_old[:1]):  # a live build holds one of them: gc keeps it
         assert cache_cmd.main(["gc", str(cache), "--dry-run"]) == 0
         dry = capsys.readouterr().out
@@ -281,8 +282,13 @@ def test_cache_ls_shows_pieces_and_gc_removes_only_unused_ones(tmp_path, tokeniz
         out = capsys.readouterr().out
     assert dry.count("would remove") == out.count("removed ") - 1 == len(only_old) - 1
     assert set(store.keys()) == set(pieces) - set(only_old[1:])
+    from medkor.run.atomic import host_tag
+
+    dead_writer = store.root / f".tmp-{only_old[0]}-{host_tag()}-999999999-abcd1234"  # killed while writing
+    dead_writer.write_bytes(b"half a piece")
     assert cache_cmd.main(["gc", str(cache)]) == 0
     assert set(store.keys()) == set(pieces) - set(only_old)  # the claim ended: now it is unused too
+    assert not dead_writer.exists() and len(store.plans()) == 3  # no cache was built from the old train-b
     assert _rows(request) == want  # the cache in use lost nothing
     shutil.rmtree(new.path)
     rebuilt = ensure_cache(request)
