@@ -28,6 +28,7 @@ from medkor.callbacks import KorMedMCQAEval, NonFiniteGuard  # noqa: F401  (impo
 from medkor.callbacks.async_checkpoint_io import AsyncAtomicCheckpointIO, CheckpointWriteWatch
 from medkor.callbacks.checkpoint_io import CheckpointLoadError, load_checkpoint_file
 from medkor.callbacks.finite_guard import NonFiniteLossError
+from medkor.callbacks.forgetting import MixtureMetrics
 from medkor.callbacks.preemption import Preempted, SaveOnPreemption
 from medkor.callbacks.run_report import RunReport
 from medkor.data.loader import global_batch_refusal
@@ -232,7 +233,7 @@ class MedKorCLI(LightningCLI):
         present = {type(c) for c in trainer.callbacks}
         configs = [str(c) for c in (self._config_of_subcommand().get("config") or [])]
         # the watch first: at the fit's end every checkpoint is on disk before other callbacks look
-        trainer.callbacks[:0] = [cb() for cb in (CheckpointWriteWatch, ResumeState, SaveOnPreemption)
+        trainer.callbacks[:0] = [cb() for cb in (CheckpointWriteWatch, ResumeState, SaveOnPreemption, MixtureMetrics)
                                  if cb not in present]
         if RunReport not in present:
             trainer.callbacks.append(RunReport(configs))  # last: its closing lines come after the progress bar's

@@ -27,7 +27,7 @@ from medkor.data.rows import RowsFile
 from medkor.data.loader import ResumableDataLoader
 from medkor.data.plan import DataPlan, ensure_log_handler, stage_of
 from medkor.data.sources import DataError, OnBadRecord
-from medkor.data.mixture import ReplayMix, training_order
+from medkor.data.mixture import Mixture, ReplayMix, build_mixture, training_order
 from medkor.eval.prompts import PromptStyle
 
 log = logging.getLogger("medkor.data")
@@ -72,6 +72,11 @@ class MedKorDataModule(pl.LightningDataModule):
             every epoch's positions are replay rows; `metric`: replay is off until a
             `medkor.callbacks.ForgettingGuard` switches it by a watched validation loss.
             Deterministic given `seed`, and exact on resume (switches are in checkpoints).
+        sources: Several named training sources instead of `data_dir`'s train files, each
+            `{name, path: FILE_FOLDER_OR_GLOB, format: ..., <format options>, max_samples}` and one of
+            `weight` (a share of the weighted sources), `rows` or `tokens` (exactly that many per epoch)
+            or `repeat` (all its rows, N times per epoch). Each is cached (its own key) and leak-checked;
+            in every prefix of the order each source has its share to within one row (docs/stages.md).
         max_samples: Keep at most this many documents per split (in file order).
         cache_dir: Where caches live; default `<data_dir>/.cache`.
         overwrite_cache: Rebuild even when a valid cache exists.
@@ -123,6 +128,7 @@ class MedKorDataModule(pl.LightningDataModule):
         on_long_example: OnLongExample = "error",
         val_sets: Optional[dict[str, Any]] = None,
         replay: Optional[dict[str, Any]] = None,
+        sources: Optional[list[dict[str, Any]]] = None,
         max_samples: Optional[int] = None,
         cache_dir: Optional[str] = None,
         overwrite_cache: bool = False,
@@ -149,6 +155,7 @@ class MedKorDataModule(pl.LightningDataModule):
         self.replay_mix = (
             ReplayMix(self.replay.ratio, initially_on=self.replay.mode == "fixed") if self.replay is not None else None
         )
+        self.mixture: Optional[Mixture] = None  # data.sources: made in setup, when the rows are known
         self.allow_eval_overlap = allow_eval_overlap
         self.data_dir = data_dir
         self.tokenizer_path = tokenizer_path
@@ -160,6 +167,7 @@ class MedKorDataModule(pl.LightningDataModule):
         self.seed = seed
         self.prepare_data_per_node = prepare_data_per_node
         self.datasets: dict[str, RowsFile] = {}
+        self.tokens: dict[str, int] = {}
         self.pad_token_id = 0
         ensure_log_handler()
 
@@ -199,11 +207,17 @@ class MedKorDataModule(pl.LightningDataModule):
             rows, manifest = open_cache(request)
             self.datasets[request.split] = rows
             self.pad_token_id = manifest["pad_token_id"]
+            self.tokens[request.split] = int(manifest.get("tokens", 0))
+        if self.plan.sources and self.mixture is None and all(s.split in self.datasets for s in self.plan.sources):
+            self.mixture, lines = build_mixture(self.plan.sources, [len(self.datasets[s.split]) for s in self.plan.sources],
+                                                [self.tokens[s.split] for s in self.plan.sources])
+            for line in lines:
+                rank_zero_info(f"[medkor] {line}")
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        if split not in self.datasets:
+        if split not in self.datasets and not (shuffle and self.mixture is not None):  # sources replace train
             raise RuntimeError(f"no {split!r} rows loaded; call setup() first")
-        rows: Any = self.datasets[split]
+        rows: Any = self.datasets.get(split)
         common = dict(
             batch_size=self.batch_size,
             collate_fn=Collator(self.pad_token_id),
@@ -219,14 +233,23 @@ class MedKorDataModule(pl.LightningDataModule):
         accumulate = int(self.trainer.accumulate_grad_batches) if self.trainer else 1
         # one global order cut into per-rank slices of each global batch (medkor.data.sampler)
         parts = [rows] + ([self.datasets["replay"]] if self.replay_mix is not None and "replay" in self.datasets else [])
-        rows, sampler = training_order(parts, self.seed, self.replay_mix, world, rank, self.batch_size, accumulate)
+        mix: Optional[Mixture] = self.replay_mix
+        if self.mixture is not None:
+            parts, mix = [self.datasets[s.split] for s in self.plan.sources], self.mixture
+        rows, sampler = training_order(parts, self.seed, mix, world, rank, self.batch_size, accumulate)
         return ResumableDataLoader(rows, sampler=sampler, **common)
 
     def state_dict(self) -> dict[str, Any]:
         """The replay switches so far (a resumed run mixes exactly as the uninterrupted one)."""
+        if self.mixture is not None:
+            return {"mixture": self.mixture.state_dict()}
         return {"replay": self.replay_mix.state_dict()} if self.replay_mix is not None else {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.mixture is not None:
+            if "mixture" not in state_dict:
+                raise ValueError("the checkpoint was trained without data.sources; resume without them or start a new run")
+            self.mixture.load_state_dict(state_dict["mixture"])
         if self.replay_mix is not None:
             if "replay" not in state_dict:
                 raise ValueError("the checkpoint was trained without data.replay; resume without it or start a new run")

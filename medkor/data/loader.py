@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Optional
 
+import numpy as np
 from torch.utils.data import DataLoader
 
 from medkor.data.sampler import EpochShuffleSampler
@@ -59,6 +60,11 @@ class ResumableDataLoader(DataLoader):
         super().__init__(dataset, sampler=sampler, batch_size=batch_size, drop_last=False, **kwargs)
         self._batches_done = 0
         self._resume_at: Optional[tuple[int, int]] = None  # (epoch, global position) from a checkpoint
+        names = getattr(getattr(sampler, "mix", None), "names", None)
+        self.source_names: list[str] = list(names) if names else []
+        # rows and tokens of each source trained so far in the run (every rank's, so equal on all ranks)
+        self.seen_rows = np.zeros(len(self.source_names), dtype=np.int64)
+        self.seen_tokens = np.zeros(len(self.source_names), dtype=np.int64)
 
     @property
     def position(self) -> int:
@@ -79,7 +85,21 @@ class ResumableDataLoader(DataLoader):
         self._batches_done = sampler.start // sampler.global_batch * sampler.accumulate
         for batch in super().__iter__():
             self._batches_done += 1
+            if self.source_names and self._batches_done % sampler.accumulate == 0:
+                self._count(self._batches_done // sampler.accumulate - 1)
             yield batch
+
+    def _count(self, step: int) -> None:
+        """Add global step `step`'s rows and tokens to each source's count (host work, no device)."""
+        rows = self.sampler.global_rows(step)
+        source = np.searchsorted(self.sampler.stream().offsets, rows, side="right") - 1
+        lengths = np.fromiter((len(self.dataset[i][0]) for i in rows.tolist()), dtype=np.int64, count=len(rows))
+        self.seen_rows += np.bincount(source, minlength=len(self.source_names))
+        self.seen_tokens += np.bincount(source, weights=lengths, minlength=len(self.source_names)).astype(np.int64)
+
+    def seen(self) -> dict[str, tuple[int, int]]:
+        """(rows, tokens) of each source trained so far, by name."""
+        return {name: (int(r), int(t)) for name, r, t in zip(self.source_names, self.seen_rows, self.seen_tokens)}
 
     def state_dict(self) -> dict[str, Any]:
         sampler = self.sampler
@@ -92,6 +112,7 @@ class ResumableDataLoader(DataLoader):
             "accumulate": sampler.accumulate,
             "epoch_rows": sampler.epoch_rows,
             "sizes": list(sampler.sizes),
+            "seen": {name: list(counts) for name, counts in self.seen().items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -112,3 +133,6 @@ class ResumableDataLoader(DataLoader):
                 f"is not this run's ({sampler.sizes}, {sampler.epoch_rows}): resume with the same data, or start "
                 "a new run")
         self._resume_at = (int(state["epoch"]), int(state["position"]))
+        seen = state.get("seen") or {}
+        for j, name in enumerate(self.source_names):
+            self.seen_rows[j], self.seen_tokens[j] = seen.get(name, (0, 0))

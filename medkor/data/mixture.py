@@ -16,12 +16,13 @@ an earlier stage's rows at `ratio` while replay is on, none while it is off.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from bisect import bisect_right
+from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from medkor.data.mix_sources import MixSource, epoch_plan
 from medkor.data.sampler import EpochShuffleSampler
 
 
@@ -83,6 +84,21 @@ class Mixture:
         weights = list(self.current)
         weights[self.names.index(name)] = weight
         return self.set_weights(weights)
+
+    def set_share(self, name: str, share: float) -> bool:
+        """Give one source `share` of the rows from the next global batch; the others keep their proportions."""
+        if name not in self.names:
+            raise ValueError(f"no source {name!r} in the mixture; sources: {', '.join(self.names)}")
+        if not 0.0 <= share < 1.0:
+            raise ValueError(f"a share must be in [0, 1), got {share}")
+        weights = list(self.current)
+        j = self.names.index(name)
+        total, others = sum(weights), sum(weights) - weights[j]
+        if others <= 0:
+            raise ValueError(f"source {name!r} is the only one with rows; another source needs a weight")
+        new = [w * (1.0 - share) * total / others for w in weights]
+        new[j] = share * total
+        return self.set_weights(new)
 
     def rows_per_epoch(self, sizes: Sequence[int]) -> int:
         return self.epoch_rows if self.epoch_rows is not None else int(sum(sizes))
@@ -241,3 +257,9 @@ def training_order(parts: Sequence[Any], seed: int, mix: Optional[Mixture], num_
     sampler = MixtureSampler([len(p) for p in parts], seed, mix, num_replicas=num_replicas, rank=rank,
                              batch_size=batch_size, accumulate=accumulate)
     return ConcatRows(parts), sampler
+
+
+def build_mixture(sources: Sequence[MixSource], rows: Sequence[int], tokens: Sequence[int]) -> tuple[Mixture, list[str]]:
+    """The `Mixture` of `data.sources` and the lines that describe each source's share."""
+    epoch_rows, weights, lines = epoch_plan(sources, rows, tokens)
+    return Mixture([s.name for s in sources], weights, epoch_rows=epoch_rows), lines

@@ -26,6 +26,7 @@ from medkor.data.fingerprint import resolve_tokenizer
 from medkor.data.formats import FORMATS, FormatSpec
 from medkor.data.leak import LeakCheck, LeakReport, check_sources
 from medkor.data.lock import DEFAULT_TIMEOUT
+from medkor.data.mix_sources import MixSource, parse_sources
 from medkor.data.sources import DataError, Selection, require_train_files, split_files
 from medkor.data.val_sets import ReplaySource, ValSet, parse_replay, parse_val_sets
 
@@ -86,6 +87,7 @@ class DataPlan:
     on_bad_record: str
     lock_timeout: float = DEFAULT_TIMEOUT
     prepare_data_per_node: bool = True
+    sources: tuple[MixSource, ...] = ()  # data.sources: the training rows instead of data_dir's train files
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> "DataPlan":
@@ -108,6 +110,13 @@ class DataPlan:
         if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float)) or lock_timeout < 0:
             raise ValueError(f"lock_timeout must be a number of seconds >= 0 (every wait is bounded), got {lock_timeout!r}")
         data_dir = o["data_dir"]
+        sources = tuple(parse_sources(o.get("sources"), spec))
+        if sources and o["replay"]:
+            raise DataError("data.replay and data.sources cannot be combined: list the replayed data as a source "
+                            "(a weight, raised by ForgettingGuard's source and raise_to)")
+        if sources and o["val_fraction"] > 0:
+            raise DataError("data.val_fraction carves validation from data_dir's train files, which data.sources "
+                            "replaces; give data_dir a validation.jsonl (or data.val_sets) instead")
         return cls(
             data_dir=data_dir,
             tokenizer_path=o["tokenizer_path"],
@@ -128,6 +137,7 @@ class DataPlan:
             on_bad_record=o["on_bad_record"],
             lock_timeout=float(lock_timeout),
             prepare_data_per_node=o.get("prepare_data_per_node", True),
+            sources=sources,
         )
 
     def selections(self, stage: str = "fit") -> dict[str, Selection]:
@@ -137,7 +147,7 @@ class DataPlan:
         validation = split_files(self.data_dir, "validation")
         test = split_files(self.data_dir, "test")
         selections: dict[str, Selection] = {}
-        if stage == "fit":
+        if stage == "fit" and not self.sources:
             train = require_train_files(self.data_dir)
             selections["train"] = Selection(files=train, **common)
         if stage == "test" and test:
@@ -153,6 +163,11 @@ class DataPlan:
         if stage == "fit":
             if test:
                 selections["test"] = Selection(files=test, **common)
+            for source in self.sources:  # each its own cache (key), format and max_samples
+                selections[source.split] = Selection(
+                    files=list(source.files), spec=source.spec, on_bad_record=self.on_bad_record,
+                    max_samples=source.max_samples, seed=self.seed,
+                )
             if self.replay is not None:
                 selections["replay"] = Selection(
                     files=self.replay.files, spec=self.replay.spec, on_bad_record=self.on_bad_record,
@@ -199,7 +214,7 @@ class DataPlan:
         """Training records against the scored questions (fit only); None without `eval_source`."""
         if self.leak_check is None:
             return None
-        sources = [(require_train_files(self.data_dir), self.spec)]
+        sources = [(list(s.files), s.spec) for s in self.sources] or [(require_train_files(self.data_dir), self.spec)]
         if self.replay is not None:
             sources.append((self.replay.files, self.replay.spec))
         return check_sources(sources, self.leak_check, Path(self.cache_dir), Path(self.data_dir),

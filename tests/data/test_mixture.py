@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -134,3 +136,89 @@ def test_datamodule_mixes_replay_rows_into_training_batches(tmp_path):
     assert sum(row in replay_rows for row in seen) == sum(i >= train_rows for i in order)  # the sampler's picks, batched
     state = dm.state_dict()
     assert state == {"replay": dm.replay_mix.state_dict()} and state["replay"]["initially_on"] is True
+
+
+def _three_sources(tmp_path, **extra):
+    from medkor.data import MedKorDataModule
+    from tests.data.conftest import korean_docs, write_jsonl
+
+    demo = Path(__file__).resolve().parents[2] / "medkor/assets/demo"
+    write_jsonl(tmp_path / "stage/validation.jsonl", korean_docs(6, start=900))
+    write_jsonl(tmp_path / "ko/train.jsonl", korean_docs(60))
+    write_jsonl(tmp_path / "en/part-1.jsonl", korean_docs(30, start=300))
+    write_jsonl(tmp_path / "dict/train.jsonl", [{"term": f"용어{i}", "definition": "높은 혈압. " * 3} for i in range(12)])
+    sources = extra.pop("sources", [
+        {"name": "ko_med", "path": str(tmp_path / "ko"), "weight": 0.6},
+        {"name": "en_med", "path": str(tmp_path / "en" / "*.jsonl"), "weight": 0.3},
+        {"name": "dict", "path": str(tmp_path / "dict/train.jsonl"), "format": "dictionary", "weight": 0.1},
+    ])
+    return MedKorDataModule(data_dir=str(tmp_path / "stage"), tokenizer_path=str(demo / "tokenizer-extended"),
+                            max_length=32, batch_size=5, sources=sources, cache_dir=str(tmp_path / "cache"), **extra)
+
+
+def test_three_weighted_sources_keep_their_shares_at_every_point_of_an_epoch(tmp_path, caplog):
+    dm = _three_sources(tmp_path)
+    results = {r.split: r for r in dm.prepare_caches()}
+    assert {"source-ko_med", "source-en_med", "source-dict", "validation"} <= set(results)
+    assert "train" not in results  # data_dir's train files are not read
+    assert results["source-dict"].manifest["inputs"]["params"]["format"] == "dictionary"
+    dm.setup("fit")
+    sizes = [len(dm.datasets[f"source-{n}"]) for n in ("ko_med", "en_med", "dict")]
+    assert dm.mixture.names == ["ko_med", "en_med", "dict"] and dm.mixture.epoch_rows == sum(sizes)
+    line = next(r.getMessage() for r in caplog.records if "source dict:" in r.getMessage())
+    assert "10.0% of each epoch's" in line and "repeated 1.18 times" in line  # 10 % of the epoch is more than its rows
+    loader = dm.train_dataloader()
+    order = list(iter(loader.sampler))
+    bounds = np.cumsum([0, *sizes])
+    source = np.searchsorted(bounds, order, side="right") - 1
+    assert len(order) == 145  # 141 positions, padded by wrapping to whole global batches of 5
+    for n in (1, 7, 25, 50, 70, 141):
+        counts = np.bincount(source[:n], minlength=3)
+        assert np.all(np.abs(counts - np.array([0.6, 0.3, 0.1]) * n) < 1), (n, counts)
+    assert set(np.asarray(order)[source == 2]) == set(range(bounds[2], bounds[3]))  # every dictionary row, repeated
+    batches = list(loader)
+    assert loader.seen_rows.sum() == len(batches) * 5 and loader.seen()["ko_med"][0] == int((source == 0).sum())
+    assert loader.seen()["dict"][1] == sum(len(dm.datasets["source-dict"][i - bounds[2]][0])
+                                          for i in np.asarray(order)[source == 2])
+    assert dm.state_dict() == {"mixture": dm.mixture.state_dict()}
+
+
+def test_an_empty_or_missing_source_is_an_error_naming_it(tmp_path):
+    from medkor.data.sources import DataError
+    from tests.data.conftest import write_jsonl
+
+    with pytest.raises(DataError, match=r"data.sources\[1\] \(en_med\): .*nowhere does not exist"):
+        _three_sources(tmp_path, sources=[{"name": "ko_med", "path": str(tmp_path / "ko"), "weight": 1},
+                                          {"name": "en_med", "path": str(tmp_path / "nowhere"), "weight": 1}])
+    with pytest.raises(DataError, match=r"data.sources\[0\] \(ko_med\): give exactly one of weight"):
+        _three_sources(tmp_path, sources=[{"name": "ko_med", "path": str(tmp_path / "ko"), "weight": 1, "rows": 5}])
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty/train.jsonl").write_bytes(b"")
+    with pytest.raises(DataError, match=r"data.sources\[1\] \(blank\): .*empty/train.jsonl is empty"):
+        _three_sources(tmp_path, sources=[{"name": "ko_med", "path": str(tmp_path / "ko"), "weight": 1},
+                                          {"name": "blank", "path": str(tmp_path / "empty"), "repeat": 2}])
+    write_jsonl(tmp_path / "blank/train.jsonl", [{"text": ""}])  # records, none usable: the cache names the file
+    dm = _three_sources(tmp_path, sources=[{"name": "ko_med", "path": str(tmp_path / "ko"), "weight": 1},
+                                           {"name": "blank", "path": str(tmp_path / "blank"), "repeat": 2}],
+                        on_bad_record="skip")
+    with pytest.raises(DataError, match=r"blank/train.jsonl: no usable records"):
+        dm.prepare_caches()
+    from medkor.data.mix_sources import MixSource, epoch_plan
+    from medkor.data.formats import FormatSpec
+    with pytest.raises(DataError, match=r"data.sources \(b\): b.jsonl gave no rows"):
+        epoch_plan([MixSource(n, (Path(f"{n}.jsonl"),), FormatSpec(), "weight", 1) for n in "ab"], [3, 0], [30, 0])
+
+
+def test_amounts_by_rows_tokens_and_repeats():
+    from medkor.data.formats import FormatSpec
+    from medkor.data.mix_sources import MixSource, epoch_plan
+
+    def source(name, amount, value):
+        return MixSource(name, (Path("x.jsonl"),), FormatSpec(), amount, value)
+
+    sources = [source("a", "weight", 3), source("b", "weight", 1), source("c", "rows", 50), source("d", "repeat", 2),
+               source("e", "tokens", 640)]
+    epoch_rows, per_epoch, lines = epoch_plan(sources, [100, 20, 10, 7, 40], [0, 0, 0, 0, 40 * 64])
+    assert per_epoch == [90, 30, 50, 14, 10] and epoch_rows == 194
+    assert "source c: 10 rows" in lines[2] and "repeated 5.00 times" in lines[2]
+    assert "a share of them" in lines[0]
