@@ -206,10 +206,13 @@ def _refusal(path: Path, other: Holder, running: Optional[bool]) -> RunFolderBus
 def check_free(folder: Path) -> None:
     """Raise the `RunFolderBusy` that taking the folder's lock now would raise; take nothing.
 
-    For a check before anything loads: a stale lock passes (taking it over says so later).
+    For a check before anything loads: a stale lock passes (taking it over says so later), and
+    so does the lock of this launch (a rank process started by the rank zero that holds it).
     """
     path = Path(folder) / LOCK_NAME
     other = read_holder(path)
+    if other is not None and os.environ.get(ENV, "").split(" ", 1)[0] == other.token:
+        return
     running = holder_running(other) if other is not None else False
     if other is not None and running is not False:
         raise _refusal(path, other, running)

@@ -132,6 +132,20 @@ def test_check_free_takes_nothing_and_lets_a_stale_lock_pass(tmp_path):
     assert before != path.read_bytes() and sorted(p.name for p in tmp_path.iterdir()) == [LOCK_NAME]
 
 
+def test_check_free_passes_the_ranks_of_the_launch_that_holds_the_lock(tmp_path, monkeypatch):
+    # a rank process started by rank zero runs the same command, quick check included, while rank zero holds the lock
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        path = _plant(tmp_path, sleeper.pid, started=process_start(sleeper.pid), token="a" * 16)
+        with pytest.raises(RunFolderBusy):
+            check_free(tmp_path)  # another run
+        monkeypatch.setenv(ENV, f"{'a' * 16} {path}")
+        check_free(tmp_path)  # a rank of the holder's launch
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
 def test_a_lock_of_another_host_is_never_taken(tmp_path):
     path = _plant(tmp_path, _dead_pid(), host="gpu-node-07")  # dead here means nothing: it is another machine's pid
     before = path.read_bytes()
