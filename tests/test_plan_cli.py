@@ -82,6 +82,9 @@ def test_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("medkor plan: error: model.model_name_or_path") and "no config.json" in err
     assert err.count("\n") == 1
+    assert main(["--config", DEMO, "--model.tokenizer_path", str(tmp_path / "no-such-tokenizer")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("medkor plan: error: model.tokenizer_path") and "no such folder" in err
     assert main(["--config", DEMO, "--device_memory", "-1"]) == 2
     assert "--device_memory must be > 0" in capsys.readouterr().err
 

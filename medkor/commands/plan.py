@@ -128,9 +128,19 @@ def build_facts(model: dict, fsdp_classes: list[str]):
 
 
 def _check_model_files(model: dict) -> None:
-    """The plan needs the checkpoint's config.json on disk (a folder or the hub cache), never its weights."""
+    """The plan needs the checkpoint's config.json on disk (a folder or the hub cache), never its weights,
+    and the training tokenizer where the config says it is."""
+    from pathlib import Path
+
     from medkor.checks import ConfigError, model_config_json
 
+    tokenizer = model.get("tokenizer_path")
+    if tokenizer and not Path(str(tokenizer)).expanduser().is_dir() and not _in_hub_cache(str(tokenizer)):
+        where = "" if Path(str(tokenizer)).is_absolute() else f" (relative to {Path.cwd()})"
+        raise ConfigError(
+            f"model.tokenizer_path {str(tokenizer)!r}: no such folder{where} nor in the local hub cache; medkor plan "
+            "reads local files only (`medkor extend-vocab --out DIR` writes a tokenizer folder)"
+        )
     path = str(model.get("model_name_or_path"))
     if model_config_json(path) is None:
         raise ConfigError(
@@ -138,6 +148,15 @@ def _check_model_files(model: dict) -> None:
             "config.json and the tokenizer files (e.g. huggingface-cli download google/medgemma-4b-it config.json "
             "tokenizer.json tokenizer_config.json special_tokens_map.json), or a local folder holding them"
         )
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "tokenizer_config.json"), str)
+    except Exception:  # not shaped like a hub id: not in the cache
+        return False
 
 
 if __name__ == "__main__":
