@@ -1,6 +1,17 @@
-"""Cache benchmark: raw tokenizer limit vs cold build vs warm start vs the replaced pipeline.
+"""Cache benchmark: raw tokenizer limit vs cold build vs warm start vs the replaced pipeline;
+incremental builds against cold and against LitData.
 
     python benchmarks/bench_cache.py --cold-mb 10 --warm-mb 10 100
+    PYTHONPATH=.:LITDATA_DIR python benchmarks/bench_cache.py --incremental-mb 1024 --files 20
+
+`--incremental-mb` writes a corpus of that size in `--files` files and measures, in one
+run: a cold build, warm starts, then each change followed by the incremental build
+(a 1 % file added, one line edited in the middle of a file, a file removed), the
+one-time check of the rows' content after a change, row read throughput, and, when
+`litdata` can be imported, LitData's `optimize()` of the same files (cold) and its
+`mode="append"` with the same 1 % file. LitData is not a dependency; install it
+anywhere on PYTHONPATH (e.g. `pip install --target DIR --no-deps litdata boto3 botocore
+s3transfer jmespath obstore tifffile python-dateutil`) to include it.
 
 Builds synthetic Korean medical JSONL corpora (from ../shared/data/korean-medical-terms
 when present, else from the bundled demo text) and reports, in one run:
@@ -109,6 +120,121 @@ def _shown(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
+class LitDataTokenize:
+    """LitData's `fn`: every document of a JSONL file as `<bos> ids <eos>` (litgpt's way), one tensor each."""
+
+    def __init__(self, tokenizer_path: Path) -> None:
+        self.tokenizer_path = tokenizer_path
+        self.tokenizer = None
+
+    def __call__(self, path: str):
+        import torch
+        from transformers import AutoTokenizer
+
+        if self.tokenizer is None:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
+        backend, bos, eos = self.tokenizer.backend_tokenizer, self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                ids = backend.encode(json.loads(line)["text"], add_special_tokens=False).ids
+                yield torch.tensor([bos, *ids, eos], dtype=torch.int32)
+
+
+def litdata_seconds(files: list[Path], out: Path, tokenizer: Path, workers: int, mode=None) -> float:
+    from litdata import optimize
+    from litdata.streaming.item_loader import TokensLoader
+
+    start = time.perf_counter()
+    optimize(fn=LitDataTokenize(tokenizer), inputs=[str(f) for f in files], output_dir=str(out),
+             chunk_size=2049 * 8192, item_loader=TokensLoader(), num_workers=workers, mode=mode, verbose=False)
+    return time.perf_counter() - start
+
+
+def _timed_prepare(data_dir: Path, tokenizer: Path, num_proc) -> tuple[float, dict]:
+    start = time.perf_counter()
+    result = module(data_dir, tokenizer, num_proc=num_proc).prepare_caches()[0]
+    return time.perf_counter() - start, result.manifest
+
+
+def _edit_middle_line(path: Path) -> None:
+    data = path.read_bytes()
+    middle = data.index(b"\n", len(data) // 2) + 1
+    end = data.index(b"\n", middle) + 1
+    record = json.loads(data[middle:end])
+    record["text"] = "수정된 문장입니다. " + record["text"]
+    path.write_bytes(data[:middle] + (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8") + data[end:])
+
+
+def read_rows_seconds(rows_path: Path) -> tuple[float, int]:
+    """Every row read once through RowsFile (what the loader does), summed so nothing is skipped."""
+    from medkor.data.rows import RowsFile
+
+    rows = RowsFile(rows_path)
+    start = time.perf_counter()
+    total = 0
+    for index in range(len(rows)):
+        total += int(rows[index][0][-1])
+    return time.perf_counter() - start, total
+
+
+def incremental(args, report: dict, work: Path) -> None:
+    from medkor.data.cache import check_rows, read_manifest
+    from medkor.data.fingerprint import FingerprintMemo
+
+    data = work / f"incremental-{args.incremental_mb}"
+    per_file = args.incremental_mb / args.files
+    files = [data / f"train-{i:03d}.jsonl" for i in range(args.files)]
+    start = time.perf_counter()
+    for index, path in enumerate(files):
+        write_corpus(path, per_file, seed=100 + index)
+    report["corpus_write_s"] = round(time.perf_counter() - start, 1)
+    report["corpus_bytes"] = sum(p.stat().st_size for p in files)
+    report["files"] = args.files
+    cold, manifest = _timed_prepare(data, args.tokenizer, args.num_proc)
+    report.update(cold_s=round(cold, 2), cold_tokens=manifest["tokens"], cold_pieces=manifest["pieces"]["used"])
+    time.sleep(2.1)
+    report["warm_first_s"] = round(warm_seconds(data, args.tokenizer), 4)
+    report["warm_steady_s"] = round(min(warm_seconds(data, args.tokenizer) for _ in range(5)), 4)
+
+    rows_path = Path(module(data, args.tokenizer).prepare_caches()[0].path) / "rows.arrow"
+    report["rows_bytes"] = rows_path.stat().st_size
+    memo = FingerprintMemo(None)  # nothing remembered: the check a process makes after the file changed
+    start = time.perf_counter()
+    assert check_rows(rows_path.parent, read_manifest(rows_path.parent), memo) is None
+    report["rows_check_after_change_s"] = round(time.perf_counter() - start, 3)
+    read_s, _ = read_rows_seconds(rows_path)
+    report["read_all_rows_s"] = round(read_s, 3)
+
+    added = data / "train-999.jsonl"
+    write_corpus(added, args.incremental_mb * 0.01, seed=999)
+    seconds, manifest = _timed_prepare(data, args.tokenizer, args.num_proc)
+    report.update(add_1pct_s=round(seconds, 2), add_1pct_over_cold=round(seconds / cold, 3),
+                  add_1pct_pieces_tokenized=manifest["pieces"]["tokenized"])
+    _edit_middle_line(files[len(files) // 2])
+    seconds, manifest = _timed_prepare(data, args.tokenizer, args.num_proc)
+    report.update(edit_line_s=round(seconds, 2), edit_line_over_cold=round(seconds / cold, 3),
+                  edit_line_pieces_tokenized=manifest["pieces"]["tokenized"])
+    files[1].unlink()
+    seconds, manifest = _timed_prepare(data, args.tokenizer, args.num_proc)
+    report.update(remove_file_s=round(seconds, 2), remove_file_over_cold=round(seconds / cold, 3),
+                  remove_file_pieces_tokenized=manifest["pieces"]["tokenized"])
+    time.sleep(2.1)
+    report["warm_after_changes_first_s"] = round(warm_seconds(data, args.tokenizer), 4)
+    report["warm_after_changes_steady_s"] = round(min(warm_seconds(data, args.tokenizer) for _ in range(5)), 4)
+
+    try:
+        import litdata  # noqa: F401
+    except ImportError:
+        report["litdata"] = "not importable: skipped"
+        return
+    workers = args.num_proc or os.cpu_count() or 1
+    lit_files = [p for p in files if p.exists() and p != added]
+    out = work / "litdata"
+    report["litdata_cold_s"] = round(litdata_seconds(lit_files, out, args.tokenizer, workers), 2)
+    report["litdata_append_1pct_s"] = round(litdata_seconds([added], out, args.tokenizer, 1, mode="append"), 2)
+    report["medkor_cold_over_litdata_cold"] = round(cold / report["litdata_cold_s"], 3)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cold-mb", type=float, default=10)
@@ -117,7 +243,20 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="alternating raw/cold runs; the best of each is compared")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--tokenizer", type=Path, default=TOKENIZER, help="tokenizer folder (default: the demo base)")
+    parser.add_argument("--incremental-mb", type=float, default=None,
+                        help="only the incremental benchmark, on a corpus of this size")
+    parser.add_argument("--files", type=int, default=20, help="files of the incremental corpus")
     args = parser.parse_args()
+    if args.incremental_mb is not None:
+        work = Path(args.workdir or tempfile.mkdtemp(prefix="medkor-bench-"))
+        report: dict = {"cpus": os.cpu_count(), "tokenizer": _shown(args.tokenizer), "corpus_mb": args.incremental_mb}
+        try:
+            incremental(args, report, work)
+        finally:
+            print(json.dumps(report, indent=1, ensure_ascii=False))
+            if args.workdir is None:
+                shutil.rmtree(work, ignore_errors=True)
+        return
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
