@@ -97,3 +97,14 @@ def test_markdown_has_every_policy_and_the_fit_table(capsys):
     assert "## The pipeline medkor replaces" in out and "## What fits on one GPU" in out
     assert "| **total** / **trainable** |" in out
 
+
+
+def test_phases_are_counted_one_by_one(capsys):
+    phases = '[{"policy": "new_embeddings", "until_step": 10}, {"policy": "lora"}]'
+    report = _json(capsys, "--model.trainable", phases)
+    counts = {p["policy"]: p["trainable"] for p in report["model"]["phases"]}
+    lora = report["model"]["parts"]["lora"]
+    assert counts == {"new_embeddings": 2048 * 128, "lora": lora}
+    assert report["model"]["trainable_params"] == 2048 * 128 + lora  # the optimizer holds every phase's
+    assert main(["--config", DEMO, "--model.trainable", phases]) == 0
+    assert "  new_embeddings until step 10: 262,144 trainable" in capsys.readouterr().out
