@@ -17,6 +17,7 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import Any, Optional
 
 USAGE = """usage: medkor prepare --config FILE [--data.KEY VALUE ...]
@@ -24,6 +25,8 @@ USAGE = """usage: medkor prepare --config FILE [--data.KEY VALUE ...]
 Build (or find) the tokenized caches that `medkor fit` with the same arguments would
 use, without loading a model. Prints one JSON line per split; logs go to stderr.
 Every `--data.*` option of `medkor fit` is accepted, e.g. --data.overwrite_cache true.
+Launched as several ranks (torchrun, srun, a SLURM array), the ranks split the work:
+each builds its share of the pieces and rank 0 assembles (docs/distributed.md).
 """
 
 
@@ -73,8 +76,8 @@ def light_data_options(argv: list[str]) -> Optional[dict[str, Any]]:
     # a dict-valued option in several files: jsonargparse replaces, the quick reading merges
     seen: dict[str, int] = {}
     for path in config.get("config", []):
-        loaded = yaml.safe_load(open(path, encoding="utf-8")) or {}
-        section = _section(loaded, "data") or {} if isinstance(loaded, dict) else {}
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        section = (_section(loaded, "data") or {}) if isinstance(loaded, dict) else {}
         for name, value in section.items():
             seen[name] = seen.get(name, 0) + isinstance(value, dict)
     if any(count > 1 for count in seen.values()):
@@ -103,8 +106,8 @@ def _prepare(plan: Any, started: float) -> None:
     if share.world == 1:
         results, _ = plan.prepare("fit", log)
     else:
-        log.info("rank %d of %d (%s): building every %d-th piece", share.rank, share.world, share.launcher,
-                 share.world)
+        log.info("rank %d of %d (%s): building the pieces whose index is %d modulo %d", share.rank, share.world,
+                 share.launcher, share.rank, share.world)
         if share.rank == 0:
             plan.check_leaks(log)
         built, shared = prepare_share(plan.requests("fit"), share, plan.num_proc, plan.lock_timeout, log, started)

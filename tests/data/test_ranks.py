@@ -53,6 +53,7 @@ from pathlib import Path  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import yaml  # noqa: E402
 
+from medkor.commands import prepare as prepare_cmd  # noqa: E402
 from medkor.data.pieces import PieceStore  # noqa: E402
 from medkor.data.plan import DataPlan  # noqa: E402
 from medkor.data.ranks import prepare_share  # noqa: E402
@@ -107,18 +108,27 @@ def _pieces(cache_dir: Path) -> dict[str, tuple[int, int]]:
     return {key: (store.path(key).stat().st_ino, store.path(key).stat().st_mtime_ns) for key in store.keys()}
 
 
-def test_two_ranks_build_disjoint_pieces_and_rank_zero_assembles_the_same_rows(tmp_path, tokenizer_dir):
+def test_two_ranks_build_disjoint_pieces_and_rank_zero_assembles_the_same_rows(tmp_path, tokenizer_dir, monkeypatch,
+                                                                               capsys):
     config = _config(tmp_path, _corpus(tmp_path / "data", files=6, docs=20), tokenizer_dir)
-    ranks = [_launch(config, tmp_path / "shared", rank, 2) for rank in (0, 1)]
-    zero, one = _lines(ranks[0]), _lines(ranks[1])
+    shared = tmp_path / "shared"
+    rank_one = _launch(config, shared, 1, 2)  # a process of its own, ranked by torchrun's variables
+    deadline = time.monotonic() + 60
+    while rank_one.poll() is None and not list(shared.glob(".ranks/*rank1.lock.owner")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert prepare_cmd.main(["--config", str(config), "--data.cache_dir", str(shared)]) == 0  # rank 0 here
+    zero = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    one = _lines(rank_one)
     assert one == [{"rank": 1, "world": 2, "pieces_built": 3, "seconds": one[0]["seconds"]}]  # pieces 1, 3, 5 of 7
     assert [(r["split"], r["status"]) for r in zero] == [("train", "built"), ("validation", "built")]
-    assert len(_pieces(tmp_path / "shared")) == 7
+    assert len(_pieces(shared)) == 7
     plan = DataPlan.from_options({**_options(tmp_path / "data", tokenizer_dir), "cache_dir": str(tmp_path / "alone")})
     alone = [r.summary() for r in plan.prepare("fit", logging.getLogger("test"))[0]]  # one process, from scratch
     assert [r["key"] for r in alone] == [r["key"] for r in zero]
     assert all(_rows(alone)[split].equals(table) for split, table in _rows(zero).items())
-    assert not list((tmp_path / "shared" / ".ranks").iterdir())  # the ranks' marks are cleaned up
+    assert not list((shared / ".ranks").iterdir())  # the ranks' marks are cleaned up
 
 
 def test_a_killed_rank_leaves_its_finished_pieces_to_the_rerun(tmp_path, tokenizer_dir):
