@@ -210,7 +210,8 @@ def plan_memory(f: ModelFacts, s: RunSetup) -> MemoryPlan:
     else:
         weights = f.weight_bytes
         gradients = trainable_grad * (2 if s.strategy == "ddp" else 1)  # DDP's buckets hold a copy
-    moments = 2 * 4 * f.trainable_params // n
+    # AdamW's two moments take their parameter's dtype (float32 but for `torch_dtype: auto` on a half checkpoint)
+    moments = (8 * f.trainable_params if s.strategy == "fsdp" else 2 * f.trainable_bytes) // n
     act = activations(f, s, s.gradient_checkpointing)
     act_other = activations(f, s, not s.gradient_checkpointing)
     loss = loss_step(f, s)

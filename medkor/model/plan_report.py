@@ -67,7 +67,7 @@ def text_lines(f: ModelFacts, s: RunSetup, m: MemoryPlan, tips: list[tuple[str, 
     rows = [
         ("weights", m.weights, ""),
         ("gradients", m.gradients, ""),
-        ("optimizer states", m.optimizer_states, "AdamW, two float32 moments"),
+        ("optimizer states", m.optimizer_states, "AdamW, two moments per trainable parameter"),
         ("activations", m.activations, f"{act_other} checkpointing: {gb(m.activations_other)}"),
         ("loss step", m.loss_step, f"while the loss runs; {f.head_rows:,}-row head"),
         ("optimizer step", m.optimizer_step, "temporaries of AdamW's step" if m.optimizer_step else ""),
