@@ -41,8 +41,15 @@ def global_batch_refusal(state: dict[str, Any], batch_size: int, devices: int, a
     theirs_batch, theirs_devices = int(state.get("batch_size", batch_size)), int(state.get("num_replicas", devices))
     theirs_accumulate = int(state.get("accumulate", 1))
     theirs = int(state.get("global_batch", theirs_batch * theirs_devices * theirs_accumulate))
-    if theirs == batch_size * devices * accumulate:
+    if theirs == batch_size * devices * accumulate and theirs_accumulate == accumulate:
         return None
+    if theirs == batch_size * devices * accumulate:
+        # Lightning's loop counts micro batches: another accumulation would end the epoch elsewhere
+        fits = theirs % (devices * theirs_accumulate) == 0
+        return (f"the checkpoint accumulated {theirs_accumulate} micro batches per optimizer step, this run "
+                f"{accumulate}: keep trainer.accumulate_grad_batches {theirs_accumulate}"
+                + (f" with data.batch_size {theirs // (devices * theirs_accumulate)}" if fits else "")
+                + f" (the global batch stays {theirs}), or start a new run")
     return (f"the checkpoint trained global batches of "
             f"{describe_global_batch(theirs_batch, theirs_devices, theirs_accumulate)}, this run "
             f"{describe_global_batch(batch_size, devices, accumulate)}: set "

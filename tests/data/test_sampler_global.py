@@ -71,7 +71,7 @@ def _run(loaders, epoch, steps, state=None):
     return rows, [loader.state_dict() for loader in loaders]
 
 
-@pytest.mark.parametrize("before, after", [((2, 6), (1, 12)), ((1, 12), (2, 6)), ((4, 3), (3, 4)), ((2, 6), (1, 6, 2))])
+@pytest.mark.parametrize("before, after", [((2, 6), (1, 12)), ((1, 12), (2, 6)), ((4, 3), (3, 4)), ((2, 3, 2), (1, 6, 2))])
 def test_a_state_saved_on_n_ranks_continues_on_m_at_the_same_global_position(before, after):
     uninterrupted, _ = _run([_loader(after[0], r, *after[1:]) for r in range(after[0])], 1, 5)
     first, states = _run([_loader(before[0], r, *before[1:]) for r in range(before[0])], 1, 2)
@@ -87,6 +87,10 @@ def test_another_global_batch_is_refused_naming_what_to_set():
         _loader(1, 0, 8).load_state_dict(states[0])
     with pytest.raises(GlobalBatchMismatch, match="set data.batch_size 3 "):
         _loader(4, 0, 2).load_state_dict(states[0])
+    # the same global batch with another accumulation: the loop's micro-batch count would not fit
+    with pytest.raises(GlobalBatchMismatch, match=r"accumulated 1 micro batches .* this run 2: keep "
+                                                  r"trainer.accumulate_grad_batches 1 with data.batch_size 12 "):
+        _loader(1, 0, 6, 2).load_state_dict(states[0])
 
 
 def test_a_state_from_another_data_is_refused():
