@@ -256,6 +256,10 @@ def advice(f: ModelFacts, s: RunSetup, policies: Sequence[tuple[str, ModelFacts]
     tries: list[tuple[str, RunSetup]] = []
     if not s.gradient_checkpointing:
         tries.append(("model.gradient_checkpointing: true", replace(s, gradient_checkpointing=True)))
+    masked = any(p.policy == "new_embeddings" for p in f.phases)  # its row-mask hook must see the gradient
+    if s.loss_impl == "torch" and s.accumulate > 1 and f.head_trainable and s.strategy == "single" and not masked:
+        tries.append(("model.loss_impl: torch_recompute (no second head-sized gradient while accumulating)",
+                      replace(s, loss_impl="torch_recompute")))
     batch = s.micro_batch
     while batch > 1:
         batch //= 2

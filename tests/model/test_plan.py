@@ -127,6 +127,8 @@ def test_medgemma_4b_memory_against_an_independent_estimate(medgemma):
     lora = plan_model(str(medgemma), trainable="lora", lora={"r": R}, torch_dtype="bfloat16")
     tips = dict(advice(facts, small, [("model.trainable: lora", lora)]))
     assert not plan_memory(facts, small).fits and tips["model.trainable: lora"].fits
+    recompute = [plan for text, plan in tips.items() if text.startswith("model.loss_impl: torch_recompute")]
+    assert recompute and plan_memory(facts, small).peak - recompute[0].peak == 4 * ROWS * H
 
 
 # ---- activations: the per-token formula against the tensors autograd really keeps ----------
