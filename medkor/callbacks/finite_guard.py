@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
-from medkor.callbacks.logging_steps import is_logging_step
+from medkor.callbacks.logging_steps import is_reading_step
 
 GuardMode = Literal["stop", "skip"]
 
@@ -159,7 +159,7 @@ class NonFiniteGuard(Callback):
                            batch_idx: int) -> None:
         # read after the step (whose update the optimizer already skipped if it was bad), so that
         # SaveOnPreemption, earlier in the callbacks, can put its own flag in the same read
-        if self._pending and is_logging_step(trainer):
+        if self._pending and is_reading_step(trainer):
             self.resolve(trainer, pl_module)
             self._log_skipped(pl_module)
 

@@ -25,3 +25,22 @@ def is_logging_step(trainer: Any) -> bool:
     if trainer.lightning_module.automatic_optimization and loop._should_accumulate():
         return False
     return bool(trainer._logger_connector.should_update_logs)
+
+
+# Steps between reads when the run logs nothing (`log_every_n_steps: 0`): checks still get read.
+READ_EVERY_WITHOUT_LOGGING = 50
+
+
+def is_reading_step(trainer: Any) -> bool:
+    """Whether checks kept on the device are read at the end of this batch's step.
+
+    The logging steps, or every `READ_EVERY_WITHOUT_LOGGING` steps in a run that logs nothing.
+    """
+    if is_logging_step(trainer):
+        return True
+    if trainer.log_every_n_steps:
+        return False
+    if trainer.lightning_module.automatic_optimization and trainer.fit_loop._should_accumulate():
+        return False
+    step = trainer.fit_loop.epoch_loop._batches_that_stepped + 1
+    return bool(trainer.should_stop) or step % READ_EVERY_WITHOUT_LOGGING == 0

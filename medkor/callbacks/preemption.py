@@ -37,7 +37,7 @@ import torch.distributed as dist
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from medkor.callbacks.logging_steps import is_logging_step
+from medkor.callbacks.logging_steps import is_reading_step
 
 log = logging.getLogger("medkor")
 
@@ -163,7 +163,7 @@ class SaveOnPreemption(Callback):
                            batch_idx: int) -> None:
         if trainer.global_step == self._step_before:
             return  # mid-accumulation: the gradients so far would not be in the checkpoint
-        if trainer.world_size > 1 and not is_logging_step(trainer):
+        if trainer.world_size > 1 and not is_reading_step(trainer):
             return  # several ranks agree at logging steps only: a collective and a read
         signum = self._agreed_signal(trainer, with_guard=True)
         if signum is None:

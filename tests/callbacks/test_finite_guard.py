@@ -245,3 +245,12 @@ def test_a_checkpoint_between_logging_steps_reads_the_flags_first(tmp_path, toke
     # the checkpoint after the bad step was refused before it was written
     assert sorted(p.name for p in (tmp_path / "every").iterdir()) == ["step=1.ckpt"]
     assert all_weights_finite(module)
+
+
+def test_fused_checks_are_read_in_a_run_that_logs_nothing(tmp_path, tokenizer):
+    module = TinyModule(tokenizer, nan_batches={1}, fused=True)
+    snapshots = Snapshots()
+    trainer = make_trainer(tmp_path, [NonFiniteGuard(), snapshots], log_every_n_steps=0, logger=False)
+    with pytest.raises(NonFiniteLossError, match=r"global step 1 .*not taken \(nor the 2 after it\)"):
+        trainer.fit(module, batches(tokenizer))  # read at the end of the epoch (4 steps, fewer than 50)
+    assert torch.equal(torch.nn.utils.parameters_to_vector(module.parameters()).detach(), snapshots.before[1])
