@@ -328,7 +328,7 @@ def _build(request: CacheRequest, resolved: Resolved, tokenizer: Any, claims: Ex
         os.rename(manifest_tmp, tmp / MANIFEST)  # the manifest appears last, whole
         _fsync_dir(tmp)
         _remember_built(memo, tmp, final, digest)
-        log.info("%s: %d pieces tokenized, %d reused", request.split, counts["tokenized"], counts["read"])
+        log.info("%s: pieces: %d tokenized, %d reused", request.split, counts["tokenized"], counts["read"])
         if stats.skipped:
             log.warning(
                 "%s: skipped %d bad records (on_bad_record: skip), e.g. %s",
