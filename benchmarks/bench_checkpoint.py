@@ -13,7 +13,11 @@ step is inside it. Reported: the median non-saving step (the first two steps lef
 out: allocations), each saving step, their ratio, and the median of the steps that
 ran while a background write was still going (they share the cores with it). The
 last write is waited for at the end of the fit, outside the measured steps; the
-total fit time shows it.
+total fit time shows it. On a shared machine step times swing with other jobs, so
+two figures that do not are reported too: the save's own wall time on the training
+thread (from the end of the step's work to the next batch start: the checkpoint
+callback and the save) and the training thread's CPU seconds per step
+(`time.thread_time`: the writer thread's work is not in it).
 
     python benchmarks/bench_checkpoint.py                 # 1.03 GiB checkpoint, saves at steps 6 and 12
     python benchmarks/bench_checkpoint.py --layers 4 --steps 8 --every 4    # a quick look
@@ -63,6 +67,8 @@ def worker(args: argparse.Namespace) -> dict:
     class StepClock(Callback):
         def __init__(self) -> None:
             self.starts: list[float] = []
+            self.cpu: list[float] = []
+            self.ends: list[float] = []
             self.saving: list[int] = []
             self.overlapped: list[int] = []
 
@@ -71,8 +77,10 @@ def worker(args: argparse.Namespace) -> dict:
             if isinstance(io, AsyncAtomicCheckpointIO) and io.pending():
                 self.overlapped.append(len(self.starts))
             self.starts.append(time.perf_counter())
+            self.cpu.append(time.thread_time())
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.ends.append(time.perf_counter())  # before the checkpoint callback's save
             if trainer.global_step % args.every == 0:
                 self.saving.append(len(self.starts) - 1)
 
@@ -90,8 +98,11 @@ def worker(args: argparse.Namespace) -> dict:
     fit_seconds = time.perf_counter() - start
     end_of_steps = clock.starts[1:] + [None]
     steps = [b - a for a, b in zip(clock.starts, end_of_steps) if b is not None]
+    cpu = [b - a for a, b in zip(clock.cpu, clock.cpu[1:])]
+    after_work = [b - a for a, b in zip(clock.ends, clock.starts[1:])]
     size = (folder / "last.ckpt").stat().st_size
-    return {"variant": args.variant, "steps": steps, "saving": [i for i in clock.saving if i < len(steps)],
+    return {"variant": args.variant, "steps": steps, "cpu": cpu, "after_work": after_work,
+            "saving": [i for i in clock.saving if i < len(steps)],
             "overlapped": [i for i in clock.overlapped if i < len(steps)], "fit_seconds": fit_seconds,
             "checkpoint_bytes": size}
 
@@ -124,18 +135,23 @@ def main() -> int:
         results = [_run(args, v, folder) for v in args.variants]
     print(f"\n{args.layers} x Linear({args.width}), batch {args.batch}, AdamW, CPU ({os.cpu_count()} cores), "
           f"checkpoint {results[0]['checkpoint_bytes'] / 2**30:.2f} GiB, saved every {args.every} steps")
-    print(f"{'variant':<8}{'plain step s':>14}{'saving steps s':>22}{'ratio':>14}{'during write s':>16}{'fit s':>8}")
+    print(f"{'variant':<8}{'plain step s':>14}{'saving steps s':>22}{'ratio':>14}{'during write s':>16}{'fit s':>8}"
+          f"{'save on step s':>18}{'thread CPU ratio':>20}")
     for r in results:
         plain = [s for i, s in enumerate(r["steps"]) if i >= 2 and i not in r["saving"] and i not in r["overlapped"]]
         during = [s for i, s in enumerate(r["steps"]) if i in r["overlapped"] and i not in r["saving"]]
         base = statistics.median(plain)
         saving = [r["steps"][i] for i in r["saving"]]
         ratios = [s / base for s in saving]
+        cpu_plain = statistics.median(c for i, c in enumerate(r["cpu"]) if i >= 2 and i not in r["saving"])
+        cpu_ratios = [r["cpu"][i] / cpu_plain for i in r["saving"]]
+        on_step = [r["after_work"][i] for i in r["saving"]]
         if r["variant"] == "async":
             ok &= max(ratios) <= 1.2
         print(f"{r['variant']:<8}{base:>14.2f}{', '.join(f'{s:.2f}' for s in saving):>22}"
               f"{', '.join(f'{x:.2f}x' for x in ratios):>14}"
-              f"{(f'{statistics.median(during):.2f} ({len(during)})' if during else '-'):>16}{r['fit_seconds']:>8.1f}")
+              f"{(f'{statistics.median(during):.2f} ({len(during)})' if during else '-'):>16}{r['fit_seconds']:>8.1f}"
+              f"{', '.join(f'{x:.2f}' for x in on_step):>18}{', '.join(f'{x:.2f}x' for x in cpu_ratios):>20}")
     print("async saving steps within 1.2x a plain step" if ok else "ASYNC SAVING STEP ABOVE 1.2x a plain step")
     return 0 if ok else 1
 
