@@ -52,8 +52,9 @@ class NonFiniteGuard(Callback):
     finite values never overflow) gives a flag that a fused optimizer (``AdamW(fused=True)``,
     which medkor's module builds) takes as its ``found_inf``: it leaves weights, moments
     and step count untouched when the flag is set. The flags are read, and acted on, at
-    the next logging step (``trainer.log_every_n_steps``, where the logger reads anyway),
-    before any checkpoint is written, and at the end of an epoch. In ``stop`` mode the
+    the next logging step (``trainer.log_every_n_steps``, where the logger reads anyway;
+    every 50 steps in a run that logs nothing), before any checkpoint is written, and at
+    the end of an epoch. In ``stop`` mode the
     first non-finite step also blocks every later update until that read, so the weights
     stay those from before it. With several ranks the read is one all-reduce, shared with
     `SaveOnPreemption`'s check when it comes first among the callbacks (as `medkor fit`
