@@ -268,7 +268,7 @@ def build_pieces(refs: list[PieceRef], store: PieceStore, make_encoder: Callable
     if not missing:
         return 0
     builder = PieceBuilder(make_encoder(), store, keep=False)
-    workers = worker_count(num_proc, sum(ref.length for ref in missing), piece_bytes)
+    workers = min(worker_count(num_proc, sum(ref.length for ref in missing), piece_bytes), len(missing))
     results = ordered_map(builder, missing, workers)
     try:
         for _ in results:
@@ -293,7 +293,7 @@ def pieces_in_order(refs: list[PieceRef], store: PieceStore, make_encoder: Calla
     built: Iterator[Any] = iter(())
     if missing:
         encoder = make_encoder()
-        workers = worker_count(num_proc, sum(r.length for r in missing), piece_bytes)  # at most one per piece
+        workers = min(worker_count(num_proc, sum(r.length for r in missing), piece_bytes), len(missing))
         built = ordered_map(PieceBuilder(encoder, store), missing, workers)
     try:
         for ref in refs:
