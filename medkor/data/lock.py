@@ -73,6 +73,14 @@ def _process_start(pid: int) -> Optional[int]:
     return int(stat.rsplit(")", 1)[1].split()[19])
 
 
+def _zombie(pid: int) -> bool:
+    """A process that has exited but was not reaped yet (its parent has not waited for it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _running(pid: int, started: Optional[int]) -> bool:
     try:
         os.kill(pid, 0)
@@ -80,6 +88,8 @@ def _running(pid: int, started: Optional[int]) -> bool:
         return False
     except PermissionError:
         pass  # it exists, under another user
+    if _zombie(pid):
+        return False
     if started is not None:
         now = _process_start(pid)
         return now is None or now == started

@@ -172,3 +172,18 @@ def test_racing_takeovers_of_a_dead_lock_leave_one_holder_at_a_time(tmp_path):
     for enter, leave in zip(events[::2], events[1::2]):  # strictly nested: in A, out A, in B, out B, ...
         assert enter.startswith("in ") and leave == "out " + enter[3:]
     assert not lock.owner.exists()
+
+
+def test_a_killed_holder_not_yet_reaped_counts_as_gone(tmp_path):
+    path = tmp_path / "train-abc.lock"
+    child = _hold_in_child(path, 60)
+    os.kill(child.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while not lock_module._zombie(child.pid) and time.monotonic() < deadline:  # dead, its parent (us) not waiting
+        time.sleep(0.01)
+    try:
+        lock = BuildLock(path, stale_after=3600)
+        assert lock.live_holder() is None and lock.try_acquire()
+        lock.release()
+    finally:
+        child.wait()
