@@ -76,7 +76,11 @@ class ForgettingGuard(Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit" and self.source is None:
-            self._mix(trainer)  # data.sources' mixture exists once the data is set up: checked at the first reading
+            self._mix(trainer)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.source is not None:
+            self._mix(trainer)  # data.sources' mixture exists once the data is set up: checked before a step
 
     def _is_raised(self, mix: Mixture) -> bool:
         if isinstance(mix, ReplayMix) and self.source is None:

@@ -46,7 +46,7 @@ def test_a_named_source_is_raised_above_and_lowered_below_the_bounds():
 def test_a_source_that_is_not_in_the_mixture_is_named():
     guard = ForgettingGuard(monitor="val/plain/loss", source="english", raise_to=0.2)
     with pytest.raises(ValueError, match=r"source 'english' is not one of data.sources \(dict, plain\)"):
-        guard.on_validation_end(_trainer(Mixture(["dict", "plain"], [1, 1]), 4.0, 1, _Logger()), None)
+        guard.on_train_start(_trainer(Mixture(["dict", "plain"], [1, 1]), 4.0, 1, _Logger()), None)
     with pytest.raises(ValueError, match="raise_to must be a share"):
         ForgettingGuard(source="plain", raise_to=1.5)
 
