@@ -43,9 +43,10 @@ def test_a_file_that_is_no_archive_says_so_without_a_record(tmp_path):
     assert info.value.record is None
 
 
-def test_an_archive_written_without_crcs_cannot_be_checked(tmp_path, monkeypatch):
+def test_an_archive_written_without_crcs_cannot_be_checked(tmp_path):
     from torch.utils.serialization import config
 
-    monkeypatch.setattr(config.save, "compute_crc32", False)
-    path = _saved(tmp_path / "nocrc.ckpt")
+    with config.patch({"save.compute_crc32": False}):  # torch's own switch, restored on exit
+        path = _saved(tmp_path / "nocrc.ckpt")
+    assert config.save.compute_crc32 is True
     assert check_zip_crcs(path) is False
