@@ -74,7 +74,8 @@ class MedKorDataModule(pl.LightningDataModule):
             Deterministic given `seed`, and exact on resume (switches are in checkpoints).
         sources: Several named training sources instead of `data_dir`'s train files, each
             `{name, path: FILE_FOLDER_OR_GLOB, format: ..., <format options>, max_samples}` and one of
-            `weight` (a share of the weighted sources), `rows` or `tokens` (exactly that many per epoch)
+            `weight` (a share of the weighted sources' rows, or tokens with `weight_by: tokens`), `rows` or
+            `tokens` (exactly that many per epoch)
             or `repeat` (all its rows, N times per epoch). Each is cached (its own key) and leak-checked;
             in every prefix of the order each source has its share to within one row (docs/stages.md).
         max_samples: Keep at most this many documents per split (in file order).

@@ -26,7 +26,8 @@ AMOUNTS = ("weight", "rows", "tokens", "repeat")
 class MixSource:
     """One entry of `data.sources`: its files, format, and how much of it an epoch takes.
 
-    `amount` is `weight` (a share of the weighted sources' rows), `rows` or `tokens`
+    `amount` is `weight` (a share of the weighted sources' rows, or of their tokens with
+    `weight_by: tokens`), `rows` or `tokens`
     (exactly that many per epoch) or `repeat` (all its rows, `value` times per epoch).
     """
 
@@ -36,6 +37,7 @@ class MixSource:
     amount: str
     value: float
     max_samples: Optional[int] = None
+    weight_by: str = "rows"  # weight: a share of the rows, or of the tokens
 
     @property
     def split(self) -> str:
@@ -79,7 +81,7 @@ def parse_sources(entries: Optional[Sequence[Mapping[str, Any]]], base: FormatSp
             raise DataError(f"{where}: a source's name must be letters, digits, '_', '-' or '.' (it names metrics)")
         if name in {s.name for s in out}:
             raise DataError(f"{where}: the name is used by another source; give each source its own name")
-        unknown = sorted(set(entry) - {"name", "path", "max_samples", *AMOUNTS, *SPEC_KEYS})
+        unknown = sorted(set(entry) - {"name", "path", "max_samples", "weight_by", *AMOUNTS, *SPEC_KEYS})
         if unknown:
             raise DataError(f"{where}: unknown key(s) {', '.join(unknown)}; use name, path, max_samples, one of "
                             f"{', '.join(AMOUNTS)}, and format options ({', '.join(SPEC_KEYS)})")
@@ -103,7 +105,13 @@ def parse_sources(entries: Optional[Sequence[Mapping[str, Any]]], base: FormatSp
         if all(f.stat().st_size == 0 for f in files):
             raise DataError(f"{where}: {', '.join(map(str, files[:3]))} {'is' if len(files) == 1 else 'are'} empty; "
                             "give the source records, or remove it")
-        out.append(MixSource(name, files, spec, amount, float(value), limit))
+        weight_by = entry.get("weight_by", "rows")
+        if weight_by not in ("rows", "tokens") or (weight_by != "rows" and amount != "weight"):
+            raise DataError(f"{where}.weight_by must be rows or tokens, with a weight; got {weight_by!r}")
+        out.append(MixSource(name, files, spec, amount, float(value), limit, weight_by))
+    if len({s.weight_by for s in out if s.amount == "weight"}) > 1:
+        raise DataError("data.sources: the weights are shares of rows for some sources and of tokens for others; "
+                        "give every weighted source the same weight_by")
     if sum(s.value for s in out if s.amount == "weight") <= 0 and all(s.amount == "weight" for s in out):
         raise DataError("data.sources: every weight is 0; give at least one source a weight above 0")
     return out
@@ -131,7 +139,9 @@ def epoch_plan(sources: Sequence[MixSource], rows: Sequence[int], tokens: Sequen
             fixed.append(max(1.0, round(source.value / max(t / n, 1e-9))))
         else:
             fixed.append(None)
-    weighted = [(j, s.value) for j, s in enumerate(sources) if s.amount == "weight"]
+    # a share of tokens is a share of rows of w / (tokens per row): exact to within a row's tokens for packed rows
+    weighted = [(j, s.value if s.weight_by == "rows" else s.value / max(tokens[j] / rows[j], 1e-9))
+                for j, s in enumerate(sources) if s.amount == "weight"]
     pool = sum(rows[j] for j, w in weighted if w > 0)
     total_weight = sum(w for _, w in weighted)
     per_epoch = list(fixed)

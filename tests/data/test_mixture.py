@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from medkor.data.mixture import ConcatRows, Mixture, MixtureSampler, ReplayMix, hysteresis
+from medkor.data.sources import DataError
 
 
 def _epoch(sampler, epoch, start=0):
@@ -222,3 +223,25 @@ def test_amounts_by_rows_tokens_and_repeats():
     assert per_epoch == [90, 30, 50, 14, 10] and epoch_rows == 194
     assert "source c: 10 rows" in lines[2] and "repeated 5.00 times" in lines[2]
     assert "a share of them" in lines[0]
+
+
+def test_weights_by_tokens_share_the_tokens():
+    from medkor.data.formats import FormatSpec
+    from medkor.data.mix_sources import MixSource, epoch_plan
+
+    sources = [MixSource(n, (Path(f"{n}.jsonl"),), FormatSpec(), "weight", w, weight_by="tokens")
+               for n, w in (("long", 0.5), ("short", 0.5))]
+    epoch_rows, per_epoch, _ = epoch_plan(sources, [100, 100], [100 * 512, 100 * 128])  # rows of 512 and 128 tokens
+    assert epoch_rows == 200 and per_epoch == [40, 160]
+    assert per_epoch[0] * 512 == per_epoch[1] * 128  # equal tokens
+    mix = Mixture(["long", "short"], per_epoch)
+    sampler = MixtureSampler([100, 100], 0, mix, batch_size=8)
+    order = np.asarray(_epoch(sampler, 0)[:200])
+    tokens = np.where(order < 100, 512, 128)
+    for n in range(1, 201):  # every prefix: each source's tokens within one of its rows of half the tokens
+        long_tokens = tokens[:n][order[:n] < 100].sum()
+        assert abs(long_tokens - 0.5 * tokens[:n].sum()) <= 512, n
+    with pytest.raises(DataError, match="same weight_by"):
+        from medkor.data.mix_sources import parse_sources
+        parse_sources([{"name": "a", "path": __file__, "weight": 1, "weight_by": "tokens"},
+                       {"name": "b", "path": __file__, "weight": 1}], FormatSpec())
