@@ -17,8 +17,9 @@ holds a second copy of the checkpoint in device memory; this one copies to the h
 
 Guarantees:
 - saves are written in order, one at a time; a save waits only when two are already
-  pending (one being written, one queued), which bounds host memory to two copies of
-  a checkpoint, and reuses the host buffers of the last finished write;
+  pending (one being written, one queued), and reuses the host buffers of the last
+  finished write: host memory holds at most three copies of a checkpoint (one when
+  saves are further apart than a write takes, the usual case);
 - a failed write is raised as `CheckpointSaveError` (one line: file, cause, what to
   do) at the next training batch (`CheckpointWriteWatch`), the next save, or the end
   of the run, and stops the run;
