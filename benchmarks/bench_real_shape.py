@@ -21,6 +21,7 @@ The prediction holds when |plan - measured| / measured <= 15 %.
     PYTHONPATH=. python benchmarks/bench_real_shape.py --layers 1           # develop (about 19 GB)
     PYTHONPATH=. python benchmarks/bench_real_shape.py --layers 34          # the whole model (about 27 GB)
     PYTHONPATH=. python benchmarks/bench_real_shape.py --fit_available      # the most layers MemAvailable allows
+    PYTHONPATH=. python benchmarks/bench_real_shape.py --layers 1 --trainable lora   # another policy
 
 Folders are kept under --workdir (default /tmp/medkor-real-shape) and rebuilt when the
 layer count changes.
@@ -162,7 +163,7 @@ def plan_folder(workdir: Path, layers: int) -> Path:
     return folder
 
 
-def run_config(workdir: Path, model: Path, tokens: int) -> Path:
+def run_config(workdir: Path, model: Path, tokens: int, trainable: str = "embeddings+lora") -> Path:
     """The run config of the trained set-up, for `medkor plan`."""
     import yaml
 
@@ -173,12 +174,12 @@ def run_config(workdir: Path, model: Path, tokens: int) -> Path:
                     "accumulate_grad_batches": 1,
                     "callbacks": [{"class_path": "medkor.callbacks.NonFiniteGuard"}]},
         "model": {"model_name_or_path": str(model),
-                  "tokenizer_path": str(workdir / "extended-tokenizer"), "trainable": "embeddings+lora",
+                  "tokenizer_path": str(workdir / "extended-tokenizer"), "trainable": trainable,
                   "lora": {"r": 64, "alpha": 128, "dropout": 0.05}, "gradient_checkpointing": True,
                   "torch_dtype": "bfloat16", "loss_impl": "torch", "loss_chunk_size": 512},
         "data": {"data_dir": str(data_dir), "batch_size": 1, "max_length": tokens},
     }
-    path = workdir / f"run-{model.name}.yaml"
+    path = workdir / f"run-{model.name}-{trainable}.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path
 
@@ -191,7 +192,7 @@ def _status_kib(key: str) -> int:
     raise KeyError(key)
 
 
-def stage_train(workdir: Path, layers: int, tokens: int, threads: int) -> dict:
+def stage_train(workdir: Path, layers: int, tokens: int, threads: int, trainable: str) -> dict:
     """Build through MedGemmaModule and take 2 optimizer steps; memory and time as JSON."""
     import torch
 
@@ -206,7 +207,7 @@ def stage_train(workdir: Path, layers: int, tokens: int, threads: int) -> dict:
     rss_imports = _status_kib("VmRSS:")
     module = MedGemmaModule(
         model_name_or_path=str(workdir / f"model-{layers}"), tokenizer_path=str(workdir / "extended-tokenizer"),
-        trainable="embeddings+lora", lora={"r": 64, "alpha": 128, "dropout": 0.05}, gradient_checkpointing=True,
+        trainable=trainable, lora={"r": 64, "alpha": 128, "dropout": 0.05}, gradient_checkpointing=True,
         torch_dtype="bfloat16", loss_impl="torch", loss_chunk_size=512, learning_rate=1e-4,
     )
     start = time.perf_counter()
@@ -230,7 +231,7 @@ def stage_train(workdir: Path, layers: int, tokens: int, threads: int) -> dict:
     fit_seconds = time.perf_counter() - start
     peak = _status_kib("VmHWM:")
     return {
-        "layers": layers, "tokens": tokens, "threads": threads, "vocab": vocab,
+        "layers": layers, "tokens": tokens, "threads": threads, "trainable": trainable, "vocab": vocab,
         "rows": module.embedding_plan.rows_after, "summary": module.trainable_summary,
         "build_seconds": build_seconds, "fit_seconds": fit_seconds, "steps": trainer.global_step,
         "rss_start_mib": rss_start / 1024, "rss_imports_mib": rss_imports / 1024, "rss_built_mib": rss_built / 1024,
@@ -243,7 +244,7 @@ def stage_train(workdir: Path, layers: int, tokens: int, threads: int) -> dict:
 
 def _child(stage: str, args: argparse.Namespace, timed: bool = False) -> dict:
     command = [sys.executable, __file__, "--stage", stage, "--layers", str(args.layers), "--tokens", str(args.tokens),
-               "--workdir", str(args.workdir), "--threads", str(args.threads)]
+               "--workdir", str(args.workdir), "--threads", str(args.threads), "--trainable", args.trainable]
     if timed and Path("/usr/bin/time").exists():
         command = ["/usr/bin/time", "-v", *command]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -262,7 +263,7 @@ def _child(stage: str, args: argparse.Namespace, timed: bool = False) -> dict:
 
 def plan(args: argparse.Namespace, model: Path) -> dict:
     """`medkor plan --json` of the trained set-up with the model folder `model`."""
-    config = run_config(args.workdir, model, args.tokens)
+    config = run_config(args.workdir, model, args.tokens, args.trainable)
     medkor = [sys.executable, "-m", "medkor", "plan", "--config", str(config), "--json"]
     done = subprocess.run(medkor, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if done.returncode != 0:
@@ -283,6 +284,7 @@ def main() -> int:
     ap.add_argument("--layers", type=int, default=34, help="decoder layers (MedGemma-4B: 34)")
     ap.add_argument("--tokens", type=int, default=512, help="tokens per row (one row per micro-batch)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the training process")
+    ap.add_argument("--trainable", default="embeddings+lora", help="the trainable policy (default embeddings+lora)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/medkor-real-shape"))
     ap.add_argument("--fit_available", action="store_true",
                     help="use the most layers (up to 34) whose planned peak fits in MemAvailable less 2.5 GB "
@@ -305,7 +307,7 @@ def main() -> int:
         print(json.dumps(stage_make(args.workdir, args.layers)))
         return 0
     if args.stage == "train":
-        print(json.dumps(stage_train(args.workdir, args.layers, args.tokens, args.threads)))
+        print(json.dumps(stage_train(args.workdir, args.layers, args.tokens, args.threads, args.trainable)))
         return 0
     if args.fit_available:  # the plan's peak is linear in layers: the largest count under MemAvailable
         budget = mem_available() - int(2.5e9)
@@ -326,7 +328,7 @@ def main() -> int:
     predicted = planned["memory"]["peak"]
     rise = measured["peak_rise_mib"] * 2**20
     report = {
-        "layers": args.layers, "tokens": args.tokens, "make_seconds": made["seconds"],
+        "layers": args.layers, "tokens": args.tokens, "trainable": args.trainable, "make_seconds": made["seconds"],
         "plan_peak_gb": predicted / 1e9, "plan_peak_at": planned["memory"]["peak_at"],
         "plan_moments_gb": {k: v / 1e9 for k, v in planned["memory"]["moments"].items()},
         "measured_peak_rise_gb": rise / 1e9, "error": (predicted - rise) / rise,

@@ -69,6 +69,8 @@ class ModelFacts:
         embedding_dtype_bytes: element size of the input embedding (the residual stream's
             dtype comes from it).
         frozen_dtype_bytes: element size of frozen weights (`torch_dtype`).
+        host_bytes: resident memory the tokenizers and the growth check added to the
+            planning process: host memory a training process holds beside its tensors.
     """
 
     model_class: str
@@ -103,6 +105,7 @@ class ModelFacts:
     lora_layer_params: int = 0
     softcap: Optional[float] = None
     fsdp: Optional[FsdpUnits] = None
+    host_bytes: int = 0
 
     @property
     def lora_total(self) -> int:
@@ -268,11 +271,13 @@ def plan_model(
     phases = parse_phases(trainable)
     config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
     model = meta_model(config, torch_dtype, attn_implementation)
+    before = resident_bytes()
     base = load_tokenizer(model_name_or_path, trust_remote_code)
     same = tokenizer_path is None or tokenizer_path == model_name_or_path
     tokenizer = base if same else load_tokenizer(tokenizer_path, trust_remote_code)
     plan = grow_on_meta(model, base, tokenizer, pad_vocab_to_multiple_of, model_name_or_path,
                         tokenizer_path or model_name_or_path)
+    host = max(0, resident_bytes() - before)  # what the tokenizers and the growth check cost a process
     text_cfg = model.config.get_text_config()
     n_old = plan.n_base if plan.extended else (getattr(text_cfg, BASE_VOCAB_KEY, None) or plan.rows_after)
     lora_used = lora or LoraOptions()
@@ -286,4 +291,18 @@ def plan_model(
         upcast_trainable(built)
     counts = [PhaseCount(p.policy, p.until_step, _numel(policy_parameters(built, p.policy))) for p in phases]
     multimodal = any(hasattr(getattr(_unwrapped(built), "model", None), n) for n in VISION_MODULES)
-    return facts_of(built, plan, counts, torch_dtype, multimodal, lora_used, fsdp_classes)
+    facts = facts_of(built, plan, counts, torch_dtype, multimodal, lora_used, fsdp_classes)
+    facts.host_bytes = host
+    return facts
+
+
+def resident_bytes() -> int:
+    """This process's resident memory (Linux; 0 where /proc is missing)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0

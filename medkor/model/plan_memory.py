@@ -33,7 +33,8 @@ Where the terms come from:
 - KorMedMCQA evaluation (no gradients, after `zero_grad`): one layer's intermediates
   for `eval_batch x eval_tokens` and the last-position logits.
 - The runtime: the CUDA context and allocator slack on a GPU (a fixed allowance); on
-  CPU nothing (compare with a process's resident memory above its start).
+  CPU the tokenizers and what checking the growth leaves, as loading them grew the
+  planning process (compare with a process's resident memory above its imports).
 """
 
 from __future__ import annotations
@@ -225,7 +226,8 @@ def plan_memory(f: ModelFacts, s: RunSetup) -> MemoryPlan:
     second_head = head_grad if (s.accumulate > 1 and s.loss_impl == "torch") else 0
     opt = optimizer_step(f, s)
     ev = evaluation(f, s)
-    runtime = CUDA_RUNTIME_BYTES if s.device == "cuda" else 0
+    # GPU: the CUDA context and allocator slack; CPU: the tokenizers a training process holds in RAM
+    runtime = CUDA_RUNTIME_BYTES if s.device == "cuda" else f.host_bytes
     static = weights + moments + runtime
     # tied trainable embedding: its own dense gradient arrives at the end of backward, beside the head's;
     # `new_embeddings` masks old rows in a hook that clones the gradient it is given

@@ -73,7 +73,8 @@ def text_lines(f: ModelFacts, s: RunSetup, m: MemoryPlan, tips: list[tuple[str, 
         ("optimizer step", m.optimizer_step, "temporaries of AdamW's step" if m.optimizer_step else ""),
         ("evaluation", m.evaluation, f"KorMedMCQA, {s.eval_batch} x {s.eval_tokens} tokens" if s.eval_batch else
          "no KorMedMCQAEval callback"),
-        ("runtime", m.runtime, "CUDA context and allocator slack" if m.runtime else ""),
+        ("runtime", m.runtime, "CUDA context and allocator slack" if s.device == "cuda" else
+         "tokenizers in RAM, as they grew this process"),
     ]
     for name, value, note in rows:
         lines.append(f"  {name:<17} {gb(value):>12}" + (f"   {note}" if note else ""))
