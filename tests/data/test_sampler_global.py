@@ -3,6 +3,7 @@ and a loader state that continues at the same global position on another number 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -108,3 +109,42 @@ def test_rows_are_turned_into_tensors_in_batches_of_the_micro_batch():
     loader.sampler.set_epoch(0)
     batches = list(loader)
     assert len(batches) == len(loader) == 6 and all(isinstance(b, torch.Tensor) and len(b) == 5 for b in batches)
+
+
+def test_a_mixture_with_a_weight_change_resumes_on_another_rank_count():
+    def loaders(world, batch, mix):
+        rows = [(np.full(1 + i % 4, i),) for i in range(93)]  # (ids,) rows of 1-4 tokens
+        return [ResumableDataLoader(rows, batch_size=batch, collate_fn=lambda b: torch.tensor([r[0][0] for r in b]),
+                                    sampler=MixtureSampler([70, 20, 3], 5, mix, num_replicas=world, rank=r,
+                                                           batch_size=batch)) for r in range(world)]
+
+    straight_mix = Mixture(["a", "b", "c"], [0.6, 0.3, 0.1])
+    straight = loaders(1, 12, straight_mix)
+    for loader in straight:
+        loader.sampler.set_epoch(1)
+    iterator = iter(straight[0])
+    rows = [next(iterator).tolist()]
+    straight_mix.set_weight("c", 0.0)
+    rows += [next(iterator).tolist() for _ in range(4)]
+
+    mix = Mixture(["a", "b", "c"], [0.6, 0.3, 0.1])
+    two = loaders(2, 6, mix)
+    iterators = []
+    for loader in two:
+        loader.sampler.set_epoch(1)
+        iterators.append(iter(loader))
+    first = [next(iterators[0]).tolist() + next(iterators[1]).tolist()]
+    mix.set_weight("c", 0.0)
+    first += [next(iterators[0]).tolist() + next(iterators[1]).tolist()]
+    state, mix_state = two[0].state_dict(), mix.state_dict()
+    assert state["position"] == 24 and state["seen"]["c"][0] == sum(1 for s in first for x in s if x >= 90)
+
+    resumed_mix = Mixture(["a", "b", "c"], [0.6, 0.3, 0.1])
+    resumed_mix.load_state_dict(mix_state)
+    one = loaders(1, 12, resumed_mix)[0]
+    rest, _ = _run([one], 1, 3, state)
+    assert [sorted(s) for s in first + rest] == [sorted(s) for s in rows]
+    assert all(x < 90 for s in rows[1:] for x in s)  # no row of c after the change
+    seen = one.seen()
+    assert sum(r for r, _ in seen.values()) == 5 * 12
+    assert sum(t for _, t in seen.values()) == sum(1 + x % 4 for s in rows for x in s)  # tokens: each row's length
