@@ -63,6 +63,7 @@ class Mixture:
         return self.weights_at(self.epoch, self.drawn)
 
     def shares(self, weights: Optional[Sequence[float]] = None) -> dict[str, float]:
+        """Each source's share of the rows under `weights` (default: the current ones)."""
         values = self.current if weights is None else weights
         total = sum(values)
         return {name: w / total for name, w in zip(self.names, values)}
