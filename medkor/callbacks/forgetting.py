@@ -146,6 +146,8 @@ class MixtureMetrics(Callback):
                            batch_idx: int) -> None:
         if not trainer.is_global_zero or trainer.global_step % max(trainer.log_every_n_steps, 1):
             return
+        if (batch_idx + 1) % max(int(getattr(trainer, "accumulate_grad_batches", 1)), 1):
+            return  # once per optimizer step, after its last micro batch
         seen = self._seen(trainer)
         if not seen:
             return

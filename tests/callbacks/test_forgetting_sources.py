@@ -60,4 +60,6 @@ def test_mixture_metrics_log_each_source_at_logging_steps_only():
     metrics.on_train_batch_end(trainer, None, None, None, 0)
     trainer.global_step = 6
     metrics.on_train_batch_end(trainer, None, None, None, 0)
+    trainer.global_step, trainer.accumulate_grad_batches = 10, 2
+    metrics.on_train_batch_end(trainer, None, None, None, 4)  # inside an accumulation: not logged
     assert logger.logged == [(5, {"mix/ko/rows": 12.0, "mix/ko/tokens": 384.0, "mix/en/rows": 4.0, "mix/en/tokens": 100.0})]
