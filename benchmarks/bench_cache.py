@@ -150,9 +150,18 @@ def litdata_seconds(files: list[Path], out: Path, tokenizer: Path, workers: int,
     return time.perf_counter() - start
 
 
+CPU_SECONDS: list[float] = []  # CPU time (this process and its finished workers) of each timed prepare
+
+
+def _cpu() -> float:
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
 def _timed_prepare(data_dir: Path, tokenizer: Path, num_proc) -> tuple[float, dict]:
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu()
     result = module(data_dir, tokenizer, num_proc=num_proc).prepare_caches()[0]
+    CPU_SECONDS.append(_cpu() - cpu)
     return time.perf_counter() - start, result.manifest
 
 
@@ -190,8 +199,11 @@ def incremental(args, report: dict, work: Path) -> None:
     report["corpus_write_s"] = round(time.perf_counter() - start, 1)
     report["corpus_bytes"] = sum(p.stat().st_size for p in files)
     report["files"] = args.files
+    report["load_average_at_start"] = os.getloadavg()[0]
     cold, manifest = _timed_prepare(data, args.tokenizer, args.num_proc)
-    report.update(cold_s=round(cold, 2), cold_tokens=manifest["tokens"], cold_pieces=manifest["pieces"]["used"])
+    report.update(cold_s=round(cold, 2), cold_tokens=manifest["tokens"], cold_pieces=manifest["pieces"]["used"],
+                  cold_cpu_s=round(CPU_SECONDS[-1], 2))
+    cold_cpu = CPU_SECONDS[-1]
     time.sleep(2.1)
     report["warm_first_s"] = round(warm_seconds(data, args.tokenizer), 4)
     report["warm_steady_s"] = round(min(warm_seconds(data, args.tokenizer) for _ in range(5)), 4)
@@ -209,15 +221,18 @@ def incremental(args, report: dict, work: Path) -> None:
     write_corpus(added, args.incremental_mb * 0.01, seed=999)
     seconds, manifest = _timed_prepare(data, args.tokenizer, args.num_proc)
     report.update(add_1pct_s=round(seconds, 2), add_1pct_over_cold=round(seconds / cold, 3),
-                  add_1pct_pieces_tokenized=manifest["pieces"]["tokenized"])
+                  add_1pct_pieces_tokenized=manifest["pieces"]["tokenized"],
+                  add_1pct_cpu_s=round(CPU_SECONDS[-1], 2), add_1pct_cpu_over_cold=round(CPU_SECONDS[-1] / cold_cpu, 3))
     _edit_middle_line(files[len(files) // 2])
     seconds, manifest = _timed_prepare(data, args.tokenizer, args.num_proc)
     report.update(edit_line_s=round(seconds, 2), edit_line_over_cold=round(seconds / cold, 3),
-                  edit_line_pieces_tokenized=manifest["pieces"]["tokenized"])
+                  edit_line_pieces_tokenized=manifest["pieces"]["tokenized"],
+                  edit_line_cpu_s=round(CPU_SECONDS[-1], 2), edit_line_cpu_over_cold=round(CPU_SECONDS[-1] / cold_cpu, 3))
     files[1].unlink()
     seconds, manifest = _timed_prepare(data, args.tokenizer, args.num_proc)
     report.update(remove_file_s=round(seconds, 2), remove_file_over_cold=round(seconds / cold, 3),
-                  remove_file_pieces_tokenized=manifest["pieces"]["tokenized"])
+                  remove_file_pieces_tokenized=manifest["pieces"]["tokenized"],
+                  remove_file_cpu_s=round(CPU_SECONDS[-1], 2), remove_file_cpu_over_cold=round(CPU_SECONDS[-1] / cold_cpu, 3))
     time.sleep(2.1)
     report["warm_after_changes_first_s"] = round(warm_seconds(data, args.tokenizer), 4)
     report["warm_after_changes_steady_s"] = round(min(warm_seconds(data, args.tokenizer) for _ in range(5)), 4)
@@ -230,6 +245,7 @@ def incremental(args, report: dict, work: Path) -> None:
     workers = args.num_proc or os.cpu_count() or 1
     lit_files = [p for p in files if p.exists() and p != added]
     out = work / "litdata"
+    report["load_average_before_litdata"] = os.getloadavg()[0]
     report["litdata_cold_s"] = round(litdata_seconds(lit_files, out, args.tokenizer, workers), 2)
     report["litdata_append_1pct_s"] = round(litdata_seconds([added], out, args.tokenizer, 1, mode="append"), 2)
     report["medkor_cold_over_litdata_cold"] = round(cold / report["litdata_cold_s"], 3)
