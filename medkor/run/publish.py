@@ -272,10 +272,13 @@ def publish_folder(staging: PathLike, target: PathLike, *, keep: Iterable[str] =
         kept = sorted(set(keep) & before)
         clash = [name for name in kept if os.path.lexists(staging / name)]
         if clash:
-            raise PublishError(errno.EEXIST, f"{target / clash[0]} was not written by this command and the new "
-                                             "folder has a file of that name; move it away and run again")
+            raise PublishError(errno.EEXIST, f"{target} holds {', '.join(clash)}, which this command did not write, "
+                                             "and the new folder has a file of that name; choose a new folder, or "
+                                             "move the file away and run again")
         for name in kept:
             _carry(target / name, staging / name)
+        if exists:
+            _copy_folder_access(target, staging)
         fsync_tree(staging)
         kill_point("staged")
         if not exists:
@@ -304,6 +307,18 @@ def publish_folder(staging: PathLike, target: PathLike, *, keep: Iterable[str] =
     _rescue_late_entries(old, target, before)
     _remove(old)
     return target
+
+
+def _copy_folder_access(target: Path, staging: Path) -> None:
+    """Give the new folder the old one's permission bits and group: the swap publishes a new folder (a new
+    inode), and a private folder (0700, 0750) must not come back readable by everyone."""
+    info = os.stat(target)
+    if info.st_gid != os.stat(staging).st_gid:
+        try:
+            os.chown(staging, -1, info.st_gid)
+        except OSError as err:  # not a member of that group: the mode below still keeps others out
+            log.warning("could not give %s the group of %s: %s", staging, target, err)
+    os.chmod(staging, stat.S_IMODE(info.st_mode))
 
 
 def _rescue_late_entries(old: Path, target: Path, before: set[str]) -> None:
@@ -439,6 +454,27 @@ def write_marker(folder: PathLike, command: str, files: Iterable[str]) -> Path:
     payload = {"written_by": f"medkor {command}", "files": sorted(set(files))}
     path.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
     return path
+
+
+def foreign_files(folder: PathLike, command: str, names: Iterable[str]) -> list[str]:
+    """Entries of `folder` among `names` that `medkor <command>` did not write: no marker of that command lists them.
+
+    Only the marker counts: a file that merely looks like the command's output (the same
+    name, a folder written before markers existed) is the user's, never replaced.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    owned = marker_files(folder, command) or set()
+    return sorted((set(os.listdir(folder)) & set(names)) - owned)
+
+
+def foreign_files_message(folder: PathLike, command: str, foreign: list[str], option: str = "--out") -> str:
+    """One line refusing to replace `foreign` files in `folder`: which, why, and what to do."""
+    them = "it" if len(foreign) == 1 else "them"
+    return (f"{option} {folder} holds {', '.join(foreign)}, which medkor {command} did not write (no "
+            f"{marker_name(command)} there lists {them}; an output made before medkor kept that list counts as "
+            f"not written by it) and would have to replace; choose a new folder, or remove {them} and run again")
 
 
 def marker_files(folder: PathLike, command: str) -> Optional[set[str]]:

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from medkor.run.publish import (
-    PublishError, check_target, discard, kill_point, marker_files, marker_name, no_space_left, no_space_message,
-    publish_folder, staging_for, write_marker,
+    PublishError, check_target, discard, foreign_files, foreign_files_message, kill_point, marker_files, marker_name,
+    no_space_left, no_space_message, publish_folder, staging_for, write_marker,
 )
 from medkor.vocab import stats
 from medkor.vocab.bpe_model import BpeModel
@@ -24,8 +24,8 @@ from medkor.vocab.terms import TermPlan
 STATS_FILE = "extension_stats.json"
 COMMAND = "extend-vocab"
 MARKER = marker_name(COMMAND)
-# what extend-vocab writes (the base's tokenizer files, the grown tokenizer.json, the stats), for
-# folders written before the marker existed and for the early check of a folder that holds other files
+# what extend-vocab may write (the base's tokenizer files, the grown tokenizer.json, the stats): a file of
+# these names that no marker lists is refused before the build
 WRITTEN_FILES = frozenset({"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                            "chat_template.jinja", "tokenizer.model", STATS_FILE})
 
@@ -92,22 +92,18 @@ def load_base(name: str) -> tuple[Any, BpeModel]:
 
 
 def earlier_run_files(out: Path) -> set[str]:
-    """Files an earlier extend-vocab run wrote into `out`: from its marker, else (folders written before the
-    marker) extend-vocab's usual names when its stats file is there; none otherwise."""
-    listed = marker_files(out, COMMAND)
-    if listed is not None:
-        return listed
-    if (out / STATS_FILE).is_file():
-        return {p.name for p in out.iterdir() if p.name in WRITTEN_FILES}
-    return set()
+    """Files an earlier extend-vocab run wrote into `out`, as its marker lists them; none without a marker (a file
+    of the same name is the user's, whatever it holds: a folder written before the marker counts as not ours)."""
+    return marker_files(out, COMMAND) or set()
 
 
-def check_output_folder(out: Path, overwrite: bool) -> None:
+def check_output_folder(out: Path, overwrite: bool, written: Optional[list[str]] = None) -> None:
     """Refuse, before any work, an `--out` whose files extend-vocab did not write and would have to replace.
 
     A link, a file, the working folder or a folder above it are never taken; a folder
-    that is not empty needs `overwrite`, and then only an earlier run's files are
-    replaced: a tokenizer file of anything else in it is refused.
+    that is not empty needs `overwrite`, and then only the files an earlier run's
+    marker lists are replaced: any other file of a name extend-vocab writes (`written`,
+    or before the build every name it may write) is refused.
     """
     check_target(out)
     if not out.is_dir():
@@ -115,18 +111,17 @@ def check_output_folder(out: Path, overwrite: bool) -> None:
     present = sorted(p.name for p in out.iterdir())
     if not present:
         return
-    owned = earlier_run_files(out)
-    shown = ", ".join(present[:5]) + (f" and {len(present) - 5} more" if len(present) > 5 else "")
-    if not overwrite:
-        if owned:
-            raise OutputFolderError(f"--out {out} already holds a tokenizer of an earlier extend-vocab run; pass "
-                                    "--overwrite to replace it (files extend-vocab did not write are kept)")
-        raise OutputFolderError(f"--out {out}: folder is not empty ({shown}); choose a new folder, or pass "
-                                "--overwrite to write beside these files (they are kept)")
-    foreign = sorted((set(present) & WRITTEN_FILES) - owned)
+    foreign = foreign_files(out, COMMAND, set(written) | {MARKER} if written is not None else WRITTEN_FILES | {MARKER})
     if foreign:
-        raise OutputFolderError(f"--out {out} holds {', '.join(foreign)}, which extend-vocab did not write (no "
-                                f"{MARKER} lists it); choose a new folder for the extended tokenizer")
+        raise OutputFolderError(foreign_files_message(out, COMMAND, foreign))
+    if overwrite:
+        return
+    shown = ", ".join(present[:5]) + (f" and {len(present) - 5} more" if len(present) > 5 else "")
+    if earlier_run_files(out):
+        raise OutputFolderError(f"--out {out} already holds a tokenizer of an earlier extend-vocab run; pass "
+                                "--overwrite to replace it (files extend-vocab did not write are kept)")
+    raise OutputFolderError(f"--out {out}: folder is not empty ({shown}); choose a new folder, or pass "
+                            "--overwrite to write beside these files (they are kept)")
 
 
 def extend_vocab(cfg: ExtendConfig) -> dict[str, Any]:
@@ -172,6 +167,7 @@ def extend_vocab(cfg: ExtendConfig) -> dict[str, Any]:
         (staging / STATS_FILE).write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
         written = [p.name for p in staging.iterdir()]
         write_marker(staging, COMMAND, written)
+        check_output_folder(out, cfg.overwrite, written=written)  # what the build really wrote, checked again
         keep = {p.name for p in out.iterdir()} - earlier_run_files(out) if out.is_dir() else set()
         publish_folder(staging, out, keep=keep)
     except BaseException as err:

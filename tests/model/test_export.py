@@ -202,3 +202,58 @@ def test_export_overwrite_keeps_the_users_files_and_a_kill_before_the_swap_keeps
     assert {"README.md", "model.safetensors", "config.json", "tokenizer.json", ".medkor-export.json"} <= names
     assert (out / "README.md").read_text() == "my notes" and b"old" not in (out / "config.json").read_bytes()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".export")] == []
+
+
+def _refused_untouched(config, out, capsys, *names):
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for extra in ([], ["--overwrite"]):
+        assert export_command.main(["--config", str(config), "--out", str(out)] + extra) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "which medkor export did not write" in err, err
+        assert all(name in err for name in names), err
+        assert "choose a new folder, or remove" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_overwrite_never_replaces_a_base_model_or_a_users_config_it_did_not_write(assets, tmp_path, capsys):
+    import shutil
+
+    config = _config(tmp_path, assets, trainable="embeddings")
+    base = tmp_path / "basecopy"
+    shutil.copytree(assets["text"], base)
+    _refused_untouched(config, base, capsys, "config.json", "model.safetensors")
+    for name in ("config.json", "tokenizer.json"):
+        own = tmp_path / f"own-{name}"
+        own.mkdir()
+        (own / name).write_text('{"mine": 1}')
+        _refused_untouched(config, own, capsys, name)
+
+
+def test_overwrite_never_replaces_an_extend_vocab_folder_or_an_export_made_without_a_marker(
+    assets, tmp_path, capsys
+):
+    config = _config(tmp_path, assets, trainable="embeddings")
+    vocab = tmp_path / "vocab"
+    vocab.mkdir()
+    (vocab / "tokenizer.json").write_text('{"mine": 1}')
+    (vocab / ".medkor-extend-vocab.json").write_text('{"files": ["tokenizer.json"]}\n')
+    _refused_untouched(config, vocab, capsys, "tokenizer.json")
+    legacy = tmp_path / "legacy"
+    _earlier_export(legacy)
+    (legacy / ".medkor-export.json").unlink()
+    _refused_untouched(config, legacy, capsys, "config.json", "model.safetensors")
+
+
+def test_a_file_the_export_writes_that_its_marker_does_not_list_is_refused_at_publish(assets, tmp_path, capsys):
+    from medkor.run.export_folder import ExportFolderError, publish_export
+
+    out = tmp_path / "export"
+    _earlier_export(out)  # the marker lists config.json and model.safetensors only
+    (out / "chat_template.jinja").write_text("mine")
+    staging = tmp_path / ".export.partial-x"
+    staging.mkdir()
+    for name in ("config.json", "chat_template.jinja"):
+        (staging / name).write_text("new")
+    with pytest.raises(ExportFolderError, match="holds chat_template.jinja, which medkor export did not write"):
+        publish_export(staging, out, overwrite=True)
+    assert (out / "chat_template.jinja").read_text() == "mine"

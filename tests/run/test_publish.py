@@ -107,7 +107,7 @@ def test_a_kept_name_that_the_new_folder_also_has_is_refused_before_anything_cha
     target = tmp_path / "out"
     target.mkdir()
     _write(target, OLD)
-    with pytest.raises(PublishError, match=r"out/a.txt was not written by this command"):
+    with pytest.raises(PublishError, match=r"out holds a.txt, which this command did not write"):
         publish_folder(_stage(target, NEW), target, keep=["a.txt"])
     assert _read(target) == OLD and _siblings(target) == []
 
@@ -262,3 +262,36 @@ def test_a_resumed_fit_sweeps_the_temporary_checkpoint_files_of_dead_writers(rep
     assert result.returncode == 0, result.stderr[-3000:]
     assert not dead.exists() and live.exists()
     assert f"removed 1 temporary file(s) of interrupted checkpoint writes: {dead.name}" in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("can_exchange", [True, False])
+@pytest.mark.parametrize("mode", [0o700, 0o750, 0o711])
+def test_the_new_folder_keeps_the_old_folders_permission_bits(tmp_path, monkeypatch, can_exchange, mode):
+    target = tmp_path / "private"
+    target.mkdir()
+    _write(target, OLD)
+    os.chmod(target, mode)
+    if not can_exchange:
+        monkeypatch.setattr(publish, "exchange", lambda a, b: False)
+    staging = _stage(target, NEW)
+    os.chmod(staging, 0o755)  # what a umask of 022 gives a new folder
+    inode = target.stat().st_ino
+    publish_folder(staging, target)
+    assert target.stat().st_ino != inode and _read(target) == NEW
+    assert oct(target.stat().st_mode & 0o7777) == oct(mode)
+    assert target.stat().st_gid == os.stat(tmp_path).st_gid or target.stat().st_gid == os.getgid()
+
+
+def test_foreign_files_are_those_no_marker_of_the_command_lists(tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    for name in ("config.json", "tokenizer.json", "notes.txt"):
+        (folder / name).write_text("mine")
+    names = {"config.json", "tokenizer.json", "model.safetensors"}
+    assert publish.foreign_files(folder, "export", names) == ["config.json", "tokenizer.json"]
+    write_marker(folder, "extend-vocab", ["tokenizer.json"])  # another command's marker does not make it export's
+    assert publish.foreign_files(folder, "export", names) == ["config.json", "tokenizer.json"]
+    write_marker(folder, "export", ["config.json"])
+    assert publish.foreign_files(folder, "export", names) == ["tokenizer.json"]
+    line = publish.foreign_files_message(folder, "export", ["tokenizer.json"])
+    assert "\n" not in line and "tokenizer.json" in line and "remove it" in line and "new folder" in line

@@ -96,7 +96,7 @@ def test_overwrite_never_replaces_a_tokenizer_that_extend_vocab_did_not_write(tm
     (out / "tokenizer.json").write_bytes((base_dir / "tokenizer.json").read_bytes())
     (out / "config.json").write_text("{}")
     assert main(args(out) + ["--overwrite"]) == 2
-    assert f"--out {out} holds tokenizer.json, which extend-vocab did not write" in capsys.readouterr().err
+    assert f"--out {out} holds tokenizer.json, which medkor extend-vocab did not write" in capsys.readouterr().err
     assert (out / "tokenizer.json").read_bytes() == (base_dir / "tokenizer.json").read_bytes()
 
 
@@ -180,3 +180,17 @@ def test_a_full_disk_is_one_line_naming_out_and_the_free_space_and_the_earlier_f
         f"medkor extend-vocab: error: --out {out}: no space left on the device while writing the tokenizer beside it (")
     assert " free on the file system of " in err and f"{out} is unchanged" in err and "[Errno" not in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before and _siblings(out) == []
+
+
+def test_overwrite_never_takes_a_stats_file_without_the_marker_as_an_earlier_run(tmp_path, args, capsys):
+    out = tmp_path / "o4"
+    out.mkdir()
+    (out / STATS_FILE).write_text("mine\n")
+    (out / "tokenizer_config.json").write_text('{"mine":1}\n')
+    for extra in ([], ["--overwrite"]):
+        assert main(args(out) + extra) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1
+        assert f"--out {out} holds {STATS_FILE}, tokenizer_config.json, which medkor extend-vocab did not write" in err
+        assert "choose a new folder, or remove them" in err
+    assert (out / STATS_FILE).read_text() == "mine\n" and (out / "tokenizer_config.json").read_text() == '{"mine":1}\n'
