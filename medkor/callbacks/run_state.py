@@ -74,7 +74,8 @@ class ResumeState(Callback):
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         rank = torch.distributed.get_rank() if distributed else 0
         world = torch.distributed.get_world_size() if distributed else 1
-        # another number of ranks: the data order differs anyway; every rank takes rank zero's
+        # another number of ranks (an elastic resume): the data order is the same global one, but each
+        # rank's draws (dropout) depend on its slice, so no state fits exactly; every rank takes rank zero's
         self._pending = states[rank] if len(states) == world else states[0]
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
