@@ -14,6 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from medkor.model.plan import ModelFacts
 
 USAGE = ("medkor plan --config FILE [--config FILE ...] [--json | --markdown] [--device_memory GB] [--devices N] "
          "[--eval_tokens N] [--model.KEY VALUE] [--data.KEY VALUE] [--trainer.KEY VALUE]")
@@ -118,7 +122,7 @@ MODEL_KEYS = ("model_name_or_path", "tokenizer_path", "pad_vocab_to_multiple_of"
               "torch_dtype", "attn_implementation", "trust_remote_code")
 
 
-def build_facts(model: dict, fsdp_classes: list[str]):
+def build_facts(model: dict, fsdp_classes: list[str]) -> "ModelFacts":
     """`plan_model` with the module options that decide shapes."""
     from medkor.model.plan import plan_model
 
