@@ -147,6 +147,7 @@ class MedKorCLI(LightningCLI):
     """
 
     claimed: list[Path] = []  # run folders this process created (removed again if the start fails)
+    made_roots: list[Path] = []  # folders above them that this process created (removed again if left empty)
     locks: list[RunLock] = []  # run folders this process writes into, locked until the run ends
     command: str = "medkor"  # the command line, recorded in the lock
     parsers: list[LightningArgumentParser] = []
@@ -193,8 +194,8 @@ class MedKorCLI(LightningCLI):
             return
         try:
             hparams = load_checkpoint_file(ckpt_path, mmap=True).get("hyper_parameters", {})
-        except CheckpointLoadError as err:
-            raise ConfigError(f"--ckpt_path: {err}") from err
+        except CheckpointLoadError as err:  # a load error (exit 1), as when the trainer itself loads the file
+            raise CheckpointLoadError(f"--ckpt_path: {err}") from err
         # remote code runs only when the config or the command line asks for it, never because a checkpoint says so
         hparams = {k: v for k, v in hparams.items() if k not in ("_instantiator", "trust_remote_code")}
         if hparams:
@@ -279,6 +280,8 @@ class MedKorCLI(LightningCLI):
         if not trainer.is_global_zero:
             check_launch_lock()  # the lock rank zero took is still this launch's
             return  # only rank zero writes logs; checkpoint folders are broadcast from it
+        for log_root in groups:  # e.g. lightning_logs/demo/validate, made by the claim below when missing
+            MedKorCLI.made_roots.extend(p for p in (log_root, *log_root.parents) if not p.exists())
         chosen = assign_versions(trainer.loggers, keep)
         MedKorCLI.claimed.extend(root / f"version_{n}" for root, n in chosen.items() if (root, n) != keep)
         for folder in [root / f"version_{n}" for root, n in chosen.items()]:
@@ -331,7 +334,7 @@ class _ParseOnlyCLI(MedKorCLI):
 def run_cli(args: Sequence[str], from_argv: bool = False) -> MedKorCLI:
     """Run `medkor fit|validate|test ARGS`; a bad option value raises one `ConfigError` line."""
     _quiet_lightning()
-    MedKorCLI.claimed, MedKorCLI.locks, MedKorCLI.parsers = [], [], []
+    MedKorCLI.claimed, MedKorCLI.locks, MedKorCLI.parsers, MedKorCLI.made_roots = [], [], [], []
     MedKorCLI.command = shlex.join(["medkor", *args])
     try:
         return MedKorCLI(
@@ -348,6 +351,11 @@ def run_cli(args: Sequence[str], from_argv: bool = False) -> MedKorCLI:
         _release_locks()
         for folder in MedKorCLI.claimed:  # a start that failed leaves no near-empty run folder behind
             discard_if_unused(folder)
+        for folder in sorted(set(MedKorCLI.made_roots), key=lambda p: len(p.parts), reverse=True):
+            try:
+                folder.rmdir()  # only if empty: what another run or the user put there stays
+            except OSError:
+                pass
         raise
     finally:
         _release_locks()

@@ -112,12 +112,27 @@ def _load_error(path: _PATH, err: BaseException) -> CheckpointLoadError:
     return CheckpointLoadError(f"{where}: cannot read the checkpoint: {reason} ({size} bytes; {detail}).")
 
 
-def _other_checkpoints(path: Path, limit: int = 3) -> list[str]:
+def _sound_checkpoints(path: Path, limit: int = 3, tries: int = 8) -> list[str]:
+    """Up to `limit` other `*.ckpt` files beside `path` whose CRC-32s check, newest first.
+
+    At most `tries` candidates are read (newest first): each check reads the whole file.
+    Files without CRCs, not archives, or damaged themselves are left out.
+    """
     try:
         others = [p for p in path.parent.glob("*.ckpt") if p.name != path.name and p.is_file()]
+        others.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     except OSError:
         return []
-    return [p.name for p in sorted(others, key=lambda p: p.stat().st_mtime, reverse=True)[:limit]]
+    sound: list[str] = []
+    for candidate in others[:tries]:
+        try:
+            if check_zip_crcs(candidate):
+                sound.append(candidate.name)
+        except (ZipCrcError, OSError):
+            continue
+        if len(sound) == limit:
+            break
+    return sound
 
 
 def verify_checkpoint_file(path: _PATH) -> None:
@@ -137,12 +152,14 @@ def verify_checkpoint_file(path: _PATH) -> None:
     except ZipCrcError as err:
         if err.record is None:
             return  # not an archive: torch.load names the problem
-        others = _other_checkpoints(Path(where))
-        nearby = f" (in {Path(where).parent}: {', '.join(others)})" if others else ""
+        folder = Path(where).parent
+        sound = _sound_checkpoints(Path(where))
+        nearby = (f"give --ckpt_path another checkpoint (whose CRC-32s check, newest first, in {folder}: "
+                  f"{', '.join(sound)})" if sound else
+                  f"give --ckpt_path another checkpoint (none in {folder} has CRC-32s that check)")
         raise CheckpointLoadError(
             f"{where}: the checkpoint is damaged and was not loaded: {err} (a disk, copy or memory error, not a "
-            f"training problem). Resume from an earlier checkpoint{nearby}, or copy the file again from where it "
-            "came from."
+            f"training problem); {nearby}, or copy the file again from where it came from."
         ) from None
     if not checked:
         log.warning("%s: written without CRC-32s (torch's compute_crc32 off): its bytes cannot be checked", where)

@@ -109,8 +109,9 @@ def check_target(target: PathLike, option: str = "--out") -> None:
         raise TargetError(f"{option} {target} is a file; give a folder")
     here, resolved = Path.cwd().resolve(), target.resolve()
     if resolved == here or resolved in here.parents:
-        raise TargetError(f"{option} {target} is the working folder or one above it ({resolved}); "
-                          f"give a new folder for the output, e.g. {option} ./out")
+        what = "the working folder" if resolved == here else f"a folder above the working folder {here}"
+        raise TargetError(f"{option} {target} is {resolved}, {what}; give a new folder for the output, "
+                          f"e.g. {option} ./out")
 
 
 # ---------------------------------------------------------------- names

@@ -273,7 +273,8 @@ def test_flipped_mantissa_bits_are_refused_in_one_line(fitted, tmp_path):
         text = str(info.value)
         assert text.startswith(f"{damaged}: the checkpoint is damaged") and "\n" not in text, text
         assert record in text and "CRC-32" in text
-        assert "Resume from an earlier checkpoint" in text and "epoch0.ckpt" in text
+        assert f"give --ckpt_path another checkpoint (whose CRC-32s check, newest first, in {tmp_path}: epoch0.ckpt)" in text
+        assert "Resume" not in text  # worded for every command that takes --ckpt_path (fit, validate, export)
     # the undamaged original still loads (and is checked once per process)
     assert load_checkpoint_file(fitted["dir"] / "last.ckpt")["state_dict"]
 
@@ -297,3 +298,24 @@ def test_resume_and_export_refuse_a_damaged_checkpoint_before_training(
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and err[0].startswith("medkor export: error:"), err  # before the model builds
     assert str(damaged) in err[0] and "damaged" in err[0] and not (tmp_path / "out").exists()
+
+
+def test_the_damaged_checkpoint_message_lists_only_other_checkpoints_whose_crcs_check(fitted, tmp_path):
+    import os
+    import time
+
+    damaged = tmp_path / "last.ckpt"
+    _flip_mantissa_bits(fitted["dir"] / "last.ckpt", damaged)
+    now = time.time()
+    for age, name in enumerate(["new.ckpt", "mid.ckpt", "old.ckpt", "oldest.ckpt"]):
+        shutil.copy(fitted["path"], tmp_path / name)
+        os.utime(tmp_path / name, (now - 10 * (age + 1), now - 10 * (age + 1)))
+    (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")  # newer than all of them, and not a checkpoint
+    _flip_mantissa_bits(fitted["path"], tmp_path / "trunc.ckpt")  # damaged itself
+    with pytest.raises(CheckpointLoadError) as info:
+        load_checkpoint_file(damaged)
+    assert f"newest first, in {tmp_path}: new.ckpt, mid.ckpt, old.ckpt)" in str(info.value)
+    for name in ("new.ckpt", "mid.ckpt", "old.ckpt", "oldest.ckpt", "bad.ckpt", "trunc.ckpt"):
+        (tmp_path / name).unlink()
+    with pytest.raises(CheckpointLoadError, match=r"give --ckpt_path another checkpoint \(none in \S+ has CRC-32s"):
+        load_checkpoint_file(damaged)

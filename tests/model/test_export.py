@@ -171,7 +171,7 @@ def test_a_symbolic_link_or_the_working_folder_as_out_is_refused_before_loading(
     for out in (str(tmp_path / "link"), ".", str(tmp_path)):
         assert export_command.main(["--config", str(config), "--out", out, "--overwrite"]) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and ("is a symbolic link" in err or "is the working folder or one above" in err)
+        assert err.count("\n") == 1 and ("is a symbolic link" in err or "the working folder" in err)
     assert (tmp_path / "link").is_symlink() and list(real.iterdir()) == []
 
 

@@ -62,7 +62,10 @@ def test_the_working_folder_and_its_parents_are_refused_and_nothing_in_them_is_t
     for out in (".", "..", str(here), "./"):
         for extra in ([], ["--overwrite"]):
             assert main(args(out) + extra) == 2
-            assert "is the working folder or one above it" in capsys.readouterr().err
+            err = capsys.readouterr().err
+            resolved = (here / out).resolve()
+            what = "the working folder" if resolved == here else f"a folder above the working folder {here}"
+            assert f"--out {Path(out)} is {resolved}, {what}; give a new folder" in err, err
     assert sorted(p.name for p in here.iterdir()) == ["data", "notes.txt"]
     assert sorted(p.name for p in here.parent.iterdir()) == ["sub"]
 
