@@ -204,3 +204,17 @@ def test_replaced_pipeline_counts_are_reproduced(medgemma):
     assert ref["lora_vision"] == vision_qkv == 11_943_936
     assert ref["trainable"] == ref["copies"] + text_lora + vision_qkv == 1_528_110_080
     assert ref["total"] == (TEXT - ROWS * H + N_TOKENS * H) + VISION + PROJECTOR + ref["trainable"] == 5_855_415_152
+
+
+def test_growth_at_medgemma_size_through_the_real_checks(tmp_path):
+    # the checkpoint as published (262,208 rows, 262,145 tokens) and a 272,843-token extension of its tokenizer
+    config = json.loads(json.dumps(MEDGEMMA_GROWN))
+    config["text_config"]["vocab_size"] = 262_208
+    del config["text_config"][BASE_VOCAB_KEY]
+    (tmp_path / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    word_level_tokenizer(tmp_path, N_BASE)
+    word_level_tokenizer(tmp_path / "extended", N_TOKENS)
+    facts = plan_model(str(tmp_path), str(tmp_path / "extended"), trainable="new_embeddings", torch_dtype="bfloat16")
+    e = facts.embedding
+    assert (e.n_base, e.n_tokenizer, e.rows_before, e.rows_after) == (N_BASE, N_TOKENS, 262_208, ROWS)
+    assert facts.trainable_params == ROWS * H and facts.total_params == TEXT + VISION + PROJECTOR
