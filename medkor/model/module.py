@@ -352,7 +352,10 @@ class MedGemmaModule(LightningModule):
         self._parts()
         # Fresh dicts each time: an optimizer keeps (and its scheduler edits) the dicts it gets.
         groups = [dict(group, params=list(group["params"])) for group in self._param_groups]
-        optimizer = build_optimizer(groups, betas=tuple(hp.adam_betas))
+        # A loss scaler (16-mixed) needs gradients unscaled before clipping, which a fused
+        # AdamW would do only inside its step: keep the unfused one there.
+        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        optimizer = build_optimizer(groups, betas=tuple(hp.adam_betas), fused=not scaled)
         total = self.trainer.estimated_stepping_batches
         total = int(total) if math.isfinite(total) else 10**12  # no end known: cosine never decays
         warmup = warmup_steps_for(total, hp.warmup_steps, hp.warmup_ratio)
@@ -420,6 +423,17 @@ class MedGemmaModule(LightningModule):
             # Each rank holds a shard of every gradient: only the root FSDP module computes the
             # norm over all of them (Lightning's precision plugin refuses norm clipping here).
             root.clip_grad_norm_(gradient_clip_val)
+            return
+        if gradient_clip_val and getattr(self.trainer.precision_plugin, "scaler", None) is None:
+            # No loss scaler (32, bf16-mixed, bf16-true): the gradients are final, so clip them
+            # here. Lightning's mixed-precision plugin refuses any clipping beside a fused
+            # optimizer, which NonFiniteGuard needs to skip a step without a host read.
+            # clip_grad_norm_ scales by a device tensor: no host read either.
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val, foreach=True)
             return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 

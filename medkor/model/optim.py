@@ -87,18 +87,20 @@ def build_optimizer(
     *,
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
+    fused: bool = True,
 ) -> torch.optim.AdamW:
     """AdamW over `groups`: the fused kernel wherever torch has one for the parameters' device (CPU and CUDA).
 
     The fused kernel also takes a `found_inf` tensor and then leaves weights, moments and
     step count as they were, decided on the device: `NonFiniteGuard` skips a non-finite
-    step that way without the host waiting for the check.
+    step that way without the host waiting for the check. `fused=False` keeps the unfused
+    kernel (a loss scaler must unscale gradients before they are clipped).
     """
     from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
     params = [p for g in groups for p in g["params"]]
     supported = _get_fused_kernels_supported_devices()
-    fused = all(p.device.type in supported and p.is_floating_point() for p in params)
+    fused = fused and all(p.device.type in supported and p.is_floating_point() for p in params)
     return torch.optim.AdamW(groups, betas=betas, eps=eps, fused=fused or None)
 
 

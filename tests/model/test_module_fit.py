@@ -119,3 +119,31 @@ def test_full_checkpoint_loads_strictly(assets, tmp_path):
     again.load_state_dict(checkpoint["state_dict"], strict=True)
     for (name, a), b in zip(module.state_dict().items(), again.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("algorithm", ["norm", "value"])
+def test_gradient_clipping_works_beside_the_fused_optimizer_under_bf16_mixed(assets, tmp_path, algorithm):
+    # Lightning's mixed-precision plugin refuses clipping beside a fused optimizer; the GPU
+    # configs clip under bf16-mixed, so the module clips itself where no loss scaler exists.
+    module = _module(assets)
+    data = packed_batches(module.tokenizer, batches=2)
+    trainer = Trainer(
+        accelerator="cpu", devices=1, max_steps=2, precision="bf16-mixed", gradient_clip_val=0.05,
+        gradient_clip_algorithm=algorithm, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+    )
+    trainer.fit(module, train_dataloaders=data)
+    assert trainer.global_step == 2
+    optimizer = trainer.optimizers[0]
+    assert optimizer.defaults["fused"]
+
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for p in params:
+        p.grad = torch.full_like(p, 3.0)
+    module.configure_gradient_clipping(optimizer, 0.05, algorithm)
+    grads = [p.grad for p in params]
+    if algorithm == "norm":
+        total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        assert total.item() == pytest.approx(0.05, rel=1e-3)
+    else:
+        assert max(g.abs().max().item() for g in grads) == pytest.approx(0.05)
