@@ -13,6 +13,11 @@ handler only takes note, and the run acts at the next safe point:
 - in validation, after the current batch;
 - in a KorMedMCQA evaluation (one process), before its next batch.
 
+`medkor validate` and `medkor test` hold no training state: a signal there stops the
+evaluation after the current batch (one process) with the same exit status, and
+saves nothing. A signal ignored when the process started (Ctrl-C for a job started
+with `&` from a script) stays ignored.
+
 There the checkpoint is written to `<checkpoints>/last.ckpt`, a SLURM job with
 auto-requeue is requeued, and `Preempted` is raised; `medkor fit` turns it into exit
 status 128 + the signal number (143 for SIGTERM, 130 for Ctrl-C). `medkor fit ...
@@ -48,9 +53,14 @@ _SIGNAL_CEILING = 128  # above every signal number: ceiling - signum, max-reduce
 class Preempted(RuntimeError):
     """The run stopped on a signal after saving `path` (`path` None: stopped at once, nothing saved)."""
 
-    def __init__(self, signum: int, path: Optional[Path], step: int, where: str = "") -> None:
+    def __init__(self, signum: int, path: Optional[Path], step: int, where: str = "",
+                 evaluation_only: bool = False) -> None:
         self.signum, self.path, self.step = signum, path, step
         name = signal.Signals(signum).name
+        if evaluation_only:  # validate / test: no training state, so nothing to save and nothing to resume
+            super().__init__(f"received {name}: stopped after the current batch{where}; an evaluation saves no "
+                             "checkpoint and writes no scores when stopped: run it again to score the model")
+            return
         if path is None:
             super().__init__(f"received {name} again: stopped at once at global step {step}, nothing saved "
                              "since; an earlier last.ckpt, if any, resumes with --ckpt_path last")
@@ -120,21 +130,30 @@ class SaveOnPreemption(Callback):
         if self._signum is None:
             self._signum = signum
             again = " (Ctrl-C again to stop at once, without saving)" if signum == signal.SIGINT else ""
-            log.info(f"received {signal.Signals(signum).name}: saving a checkpoint after the current step or "
-                     f"batch{again}")
+            fn = getattr(getattr(self._trainer, "state", None), "fn", None)
+            if fn in ("validate", "test"):
+                log.info(f"received {signal.Signals(signum).name}: stopping after the current batch")
+            else:
+                log.info(f"received {signal.Signals(signum).name}: saving a checkpoint after the current step or "
+                         f"batch{again}")
         elif signum == signal.SIGINT:
             self._restore()  # a third one is Python's own KeyboardInterrupt
             step = self._trainer.global_step if self._trainer is not None else 0
             raise Preempted(signum, None, step)
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Lightning has installed its handlers by now; replace them for the training loop
+    def _install(self, trainer: pl.Trainer) -> bool:
+        """Take over SIGTERM, SIGINT (and the SLURM requeue signal); False off the main thread (signals cannot be).
+
+        A signal ignored when the run starts stays ignored: a job started with `&` from a
+        script ignores Ctrl-C, as the shell means it to, and `nohup` or a supervisor may
+        ignore others.
+        """
         self._trainer = trainer
-        if threading.current_thread() is not threading.main_thread():
-            return
+        if threading.current_thread() is not threading.main_thread() or self._previous:
+            return False
         self._requeue_signal = _slurm_requeue_signal(trainer)
         signums = [signal.SIGTERM, signal.SIGINT] + ([self._requeue_signal] if self._requeue_signal else [])
-        launcher = trainer.strategy.launcher
+        launcher = getattr(trainer.strategy, "launcher", None)
 
         def handler(signum: int, frame: Any) -> None:
             if self._signum is None and launcher is not None:
@@ -142,7 +161,15 @@ class SaveOnPreemption(Callback):
             self._note(signum, frame)
 
         for signum in dict.fromkeys(signums):
+            if signal.getsignal(signum) == signal.SIG_IGN:
+                continue
             self._previous[signum] = signal.signal(signum, handler)
+        return True
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning has installed its handlers by now; replace them for the training loop
+        if not self._install(trainer):
+            return
         # Lightning broadcasts, and reads back, its own SIGTERM flag before every batch on several
         # ranks; with its handler replaced that flag never changes, so that read only makes every
         # step wait. The agreement above (at logging steps) takes its place.
@@ -205,9 +232,32 @@ class SaveOnPreemption(Callback):
     # ---- the save, in validation and in an evaluation
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
+        if trainer.state.fn == "validate":
+            self.stop_evaluation_if_signalled(trainer, " of validation")
+            return
         if trainer.state.fn != "fit" or trainer.sanity_checking:
             return
         self.stop_now_if_signalled(trainer, "in validation")
+
+    def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.stop_evaluation_if_signalled(trainer, " of the test set")
+
+    # ---- `medkor validate` / `medkor test`: nothing to save, stop after the current batch
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._install(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self._restore()
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore()
+
+    def stop_evaluation_if_signalled(self, trainer: pl.Trainer, where: str) -> None:
+        """In `validate` or `test` (one process): raise `Preempted` (nothing saved) if a signal came."""
+        if self._signum is not None and trainer.world_size <= 1:
+            raise Preempted(self._signum, None, trainer.global_step, where, evaluation_only=True)
 
     def stop_now_if_signalled(self, trainer: pl.Trainer, where: str) -> None:
         """Save `last.ckpt` and raise `Preempted` now if a signal came (every rank calls this at the same point)."""
@@ -233,6 +283,9 @@ class SaveOnPreemption(Callback):
         self._step_before = trainer.global_step
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self._install(trainer)
+            return
         self._stop_if_saved(trainer)  # a resumed run validates where this one would have
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -263,7 +316,17 @@ def between_batches(trainer: pl.Trainer, context: Callable[[], ContextManager[An
     ranks act at the next step boundary instead.
     """
     saver = next((c for c in trainer.callbacks if isinstance(c, SaveOnPreemption)), None)
-    if saver is None or trainer.world_size > 1 or trainer.state.fn != "fit":
+    if saver is None or trainer.world_size > 1:
+        return context
+    if trainer.state.fn in ("validate", "test"):
+        @contextmanager
+        def stopped() -> Iterator[Any]:
+            with context() as inner:
+                yield inner
+            saver.stop_evaluation_if_signalled(trainer, " of a KorMedMCQA evaluation")
+
+        return stopped
+    if trainer.state.fn != "fit":
         return context
 
     @contextmanager
