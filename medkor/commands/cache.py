@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -104,7 +105,7 @@ def _verify(cache_dir: Path, names: list[str]) -> int:
 
 
 def _rm(cache_dir: Path, names: list[str], older_than: float | None, everything: bool, dry_run: bool) -> int:
-    from medkor.data.inventory import remove_cache, select
+    from medkor.data.inventory import RemoveError, remove_cache, select
 
     if not (names or older_than is not None or everything):
         print("medkor cache rm: name caches, or give --older-than DAYS or --all (leftover build folders "
@@ -115,15 +116,24 @@ def _rm(cache_dir: Path, names: list[str], older_than: float | None, everything:
     for name in unmatched:
         print(f"medkor cache rm: no cache in {cache_dir} matches {name!r} (see `medkor cache ls {cache_dir}`)",
               file=sys.stderr)
+    failed = 0
     for folder in chosen:
+        link = f" (a link; its target {os.readlink(folder)} is kept)" if folder.is_symlink() else ""
         if dry_run:
-            print(f"would remove {folder}")
-        elif remove_cache(folder):
-            print(f"removed {folder}")
+            print(f"would remove {folder}{link}")
+            continue
+        try:
+            removed = remove_cache(folder)
+        except RemoveError as err:
+            print(f"medkor cache rm: error: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        if removed:
+            print(f"removed {folder}{link}")
         else:
             print(f"skipped {folder}: a build of this key is running", file=sys.stderr)
             busy += 1
-    return 1 if busy or unmatched else 0
+    return 1 if busy or unmatched or failed else 0
 
 
 def main(argv: list[str]) -> int:

@@ -48,6 +48,7 @@ from medkor.data.key import (  # noqa: F401  (re-exported: the names callers kno
 from medkor.data.lock import DEFAULT_TIMEOUT, BuildLock, LockTimeout
 from medkor.data.pieces import Claim, PieceRef, PieceStore, build_pieces, pieces_in_order, plan_pieces
 from medkor.data.rows import ROWS_FILE, RowsFile, unreadable
+from medkor.run.atomic import human_size
 from medkor.run.publish import OLD_MARK, STAGING_MARK, discard, publish_folder, staging_for, sweep_leftovers
 
 log = logging.getLogger("medkor.data")
@@ -197,8 +198,8 @@ def _check_disk(request: CacheRequest) -> None:
     free = shutil.disk_usage(request.cache_dir).free
     if free < need:
         raise CacheError(
-            f"{request.cache_dir}: building the {request.split!r} cache needs about {need / 2**30:.2f} GiB "
-            f"free, only {free / 2**30:.2f} GiB is; free space or set cache_dir to a larger disk"
+            f"{request.cache_dir}: building the {request.split!r} cache needs about {human_size(need)} "
+            f"free, only {human_size(free)} is; free space or set cache_dir to a larger disk"
         )
 
 

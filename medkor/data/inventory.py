@@ -211,8 +211,20 @@ def verify_cache(folder: Path) -> list[str]:
     return problems
 
 
+class RemoveError(OSError):
+    """A cache folder could not be removed whole; the message names what is left and why."""
+
+
 def remove_cache(folder: Path, wait: bool = False) -> bool:
-    """Remove one folder; a published one only while no builder holds its lock."""
+    """Remove one folder; a published one only while no builder holds its lock.
+
+    False when a build of its key is running. A symbolic link is removed as a link: what
+    it points at is never entered. A folder that cannot be removed whole raises
+    `RemoveError` naming what is left, so nothing is reported removed that stays.
+    """
+    if folder.is_symlink():
+        folder.unlink()
+        return True
     lock = _lock_of(folder)
     if wait:
         lock.acquire(timeout=None)
@@ -223,7 +235,12 @@ def remove_cache(folder: Path, wait: bool = False) -> bool:
         doomed = folder.with_name(f"{TRASH_PREFIX}{folder.name.lstrip('.')}-rm") if not folder.name.startswith(".") else folder
         if doomed != folder:
             folder.rename(doomed)
-        shutil.rmtree(doomed, ignore_errors=True)
+        failures: list[str] = []
+        shutil.rmtree(doomed, onerror=lambda _fn, path, info: failures.append(f"{path}: {info[1]}"))
+        if doomed.exists() or doomed.is_symlink():
+            shown = "; ".join(failures[:3]) or "it still exists"
+            raise RemoveError(f"{folder}: could not remove it whole ({shown}); what is left is {doomed}: "
+                              "fix the permissions and run medkor cache rm again")
         return True
     finally:
         lock.release()
