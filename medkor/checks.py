@@ -19,7 +19,8 @@ class ConfigError(ValueError):
     """A config value that cannot work; the message names the option."""
 
 
-def _get(config: Any, key: str, default: Any = None) -> Any:
+def config_value(config: Any, key: str, default: Any = None) -> Any:
+    """`config`'s value at a dotted `key` (dicts, namespaces or objects), or `default` where it is unset."""
     node = config
     for part in key.split("."):
         if node is None:
@@ -29,8 +30,8 @@ def _get(config: Any, key: str, default: Any = None) -> Any:
 
 
 def _model_init(config: Any) -> Any:
-    model = _get(config, "model")
-    return _get(model, "init_args", model) if model is not None and _get(model, "class_path") else model
+    model = config_value(config, "model")
+    return config_value(model, "init_args", model) if model is not None and config_value(model, "class_path") else model
 
 
 def model_config_json(model_name_or_path: str) -> Optional[dict[str, Any]]:
@@ -61,7 +62,7 @@ def max_positions(model_config: dict[str, Any]) -> Optional[int]:
 
 
 def _at_least(config: Any, key: str, low: float, hint: str, allow_none: bool = True) -> None:
-    value = _get(config, key)
+    value = config_value(config, key)
     if value is None:
         if allow_none:
             return
@@ -78,7 +79,7 @@ PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-t
 
 
 def _check_precision(config: Any) -> None:
-    value = _get(config, "trainer.precision")
+    value = config_value(config, "trainer.precision")
     if value is None or (isinstance(value, int) and not isinstance(value, bool) and str(value) in PRECISIONS):
         return
     if not isinstance(value, str) or value not in PRECISIONS:
@@ -90,7 +91,7 @@ def check_fit_config(config: Any) -> None:
     for key, hint in (("trainer.max_epochs", "use 1 or more, or -1 for no limit (max_steps then ends the run)"),
                       ("trainer.max_steps", "use 1 or more, or -1 for no limit"),
                       ("trainer.limit_train_batches", "use a fraction above 0 or a number of batches of 1 or more")):
-        value = _get(config, key)
+        value = config_value(config, key)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:
             raise ConfigError(f"{key} {value!r} trains nothing: {hint}")
 
@@ -101,7 +102,7 @@ def check_run_config(config: Any) -> None:
     _at_least(config, "trainer.accumulate_grad_batches", 1, "micro-batches per optimizer step; 1 = no accumulation")
     _at_least(config, "trainer.max_epochs", -1, "-1 = no limit")
     _at_least(config, "trainer.max_steps", -1, "-1 = no limit")
-    if _get(config, "trainer.max_epochs") == -1 and _get(config, "trainer.max_steps", -1) == -1:
+    if config_value(config, "trainer.max_epochs") == -1 and config_value(config, "trainer.max_steps", -1) == -1:
         # Lightning would train forever and the learning-rate schedule, which needs the run's length,
         # would warm up over 10**12 steps: the learning rate would stay near zero.
         raise ConfigError(
@@ -112,7 +113,7 @@ def check_run_config(config: Any) -> None:
     _at_least(config, "trainer.log_every_n_steps", 1, "optimizer steps between logged rows")
     _at_least(config, "trainer.gradient_clip_val", 0, "0 or null = no clipping")
     _at_least(config, "trainer.num_nodes", 1, "machines in the run")
-    interval = _get(config, "trainer.val_check_interval")
+    interval = config_value(config, "trainer.val_check_interval")
     if interval is not None and not isinstance(interval, str) and interval <= 0:
         raise ConfigError(f"trainer.val_check_interval must be > 0, got {interval!r} (a fraction of an epoch or a number of batches)")
     _at_least(config, "cpu_threads", 1, "torch threads on CPU; null = one per core")
@@ -120,8 +121,8 @@ def check_run_config(config: Any) -> None:
     _at_least(config, "data.num_workers", 0, "DataLoader worker processes; 0 = load in the training process")
     _at_least(config, "data.max_length", 2, "tokens per packed row")
     model = _model_init(config)
-    path = _get(model, "model_name_or_path")
-    max_length = _get(config, "data.max_length")
+    path = config_value(model, "model_name_or_path")
+    max_length = config_value(config, "data.max_length")
     if path and max_length:
         model_config = model_config_json(str(path))
         limit = max_positions(model_config) if model_config else None
@@ -224,10 +225,10 @@ def check_model_source(key: str, value: Optional[str], config_files: list[str]) 
 
 def _callback_sources(config: Any) -> list[str]:
     sources = []
-    for callback in _get(config, "trainer.callbacks") or []:
-        path = _get(callback, "class_path") or ""
+    for callback in config_value(config, "trainer.callbacks") or []:
+        path = config_value(callback, "class_path") or ""
         if str(path).endswith("KorMedMCQAEval"):
-            source = _get(callback, "init_args.source")
+            source = config_value(callback, "init_args.source")
             if source:
                 sources.append(str(source))
     return sources
@@ -235,13 +236,13 @@ def _callback_sources(config: Any) -> list[str]:
 
 def check_run_paths(config: Any) -> None:
     """Raise `ConfigError` for a path of the run that does not exist, before anything heavy starts."""
-    configs = [str(c) for c in (_get(config, "config") or [])]
+    configs = [str(c) for c in (config_value(config, "config") or [])]
     model = _model_init(config)
-    check_model_source("model.model_name_or_path", _get(model, "model_name_or_path"), configs)
-    check_model_source("model.tokenizer_path", _get(model, "tokenizer_path"), configs)
-    data = _get(config, "data")
-    data = _get(data, "init_args", data) if data is not None and _get(data, "class_path") else data
-    data_dir = _get(data, "data_dir")
+    check_model_source("model.model_name_or_path", config_value(model, "model_name_or_path"), configs)
+    check_model_source("model.tokenizer_path", config_value(model, "tokenizer_path"), configs)
+    data = config_value(config, "data")
+    data = config_value(data, "init_args", data) if data is not None and config_value(data, "class_path") else data
+    data_dir = config_value(data, "data_dir")
     if data_dir and not Path(str(data_dir)).expanduser().is_dir():
         raise ConfigError(f"data.data_dir {str(data_dir)!r}: no such folder{_relative_note(str(data_dir))}"
                           f"{_found_elsewhere(str(data_dir), configs) or '; point it at the folder holding train.jsonl'}")
@@ -250,7 +251,7 @@ def check_run_paths(config: Any) -> None:
         if not path.exists() and not _HUB_ID.match(source):
             raise ConfigError(f"KorMedMCQAEval source {source!r}: no such folder or file{_relative_note(source)}"
                               f"{_found_elsewhere(source, configs) or '; give a local folder or the hub id sean0042/KorMedMCQA'}")
-    ckpt = _get(config, "ckpt_path")
+    ckpt = config_value(config, "ckpt_path")
     if ckpt and str(ckpt) not in _CKPT_WORDS and not Path(str(ckpt)).expanduser().exists():
         raise ConfigError(f"--ckpt_path {str(ckpt)!r}: no such file{_relative_note(str(ckpt))}; give a .ckpt written "
                           "by `medkor fit` (fit also takes `last`: the newest last.ckpt under the logger's folder)")
@@ -258,7 +259,7 @@ def check_run_paths(config: Any) -> None:
 
 def _first_logger_root(config: Any) -> Optional[Path]:
     """`<save_dir>/<name>` of the config's first logger, when the config spells it out (else None)."""
-    loggers = _get(config, "trainer.logger")
+    loggers = config_value(config, "trainer.logger")
     first = loggers[0] if isinstance(loggers, list) and loggers else loggers
     args = first.get("init_args") if isinstance(first, dict) else None
     if not isinstance(args, dict) or not args.get("save_dir") or args.get("version") is not None:
@@ -272,7 +273,7 @@ def check_resume_target(config: Any) -> None:
 
     The run lock itself is taken later, when the run folder is settled; this only answers early.
     """
-    ckpt, root = _get(config, "ckpt_path"), _first_logger_root(config)
+    ckpt, root = config_value(config, "ckpt_path"), _first_logger_root(config)
     if not ckpt or root is None or str(ckpt) in _CKPT_WORDS - {"last"}:
         return
     from medkor.run.folders import find_last_checkpoint, version_of_checkpoint

@@ -13,6 +13,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from medkor.checks import config_value
 from medkor.model.plan_memory import GB, GIB, RunSetup
 
 DEFAULT_GPU_MEMORY = 80 * GIB  # an 80 GB H100 or A100 (80 GiB on the card)
@@ -28,14 +29,6 @@ class PlanInputs:
     setup: RunSetup
     fsdp_classes: list[str]
     assumptions: list[str] = field(default_factory=list)
-
-
-def _get(node: Any, key: str, default: Any = None) -> Any:
-    for part in key.split("."):
-        if node is None:
-            return default
-        node = node.get(part) if hasattr(node, "get") else getattr(node, part, None)
-    return default if node is None else node
 
 
 def _plain(node: Any) -> Any:
@@ -139,10 +132,10 @@ def plan_inputs(config: Any, *, devices: Optional[int] = None, device_memory_gb:
                 eval_tokens: int = DEFAULT_EVAL_TOKENS) -> PlanInputs:
     """Read the module options and the per-device set-up from a parsed run config."""
     notes: list[str] = []
-    model = {**module_defaults(), **init_args(_get(config, "model"))}
+    model = {**module_defaults(), **init_args(config_value(config, "model"))}
     model["lora"] = _plain(model.get("lora"))
-    trainer = _plain(_get(config, "trainer")) or {}
-    data = init_args(_get(config, "data"))
+    trainer = _plain(config_value(config, "trainer")) or {}
+    data = init_args(config_value(config, "data"))
     accelerator = str(trainer.get("accelerator") or "auto").lower()
     if accelerator in ("gpu", "cuda"):
         device = "cuda"
