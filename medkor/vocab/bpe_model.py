@@ -79,11 +79,37 @@ class BpeModel:
         """Text of the added (special) tokens, which new tokens must never shadow."""
         return {t["content"] for t in self.spec.get("added_tokens", [])}
 
+    def added_outside_vocab(self) -> dict[str, int]:
+        """Added tokens that the model's vocabulary lacks (Gemma 3's `<image_soft_token>`), token -> id.
+
+        `tokenizers` gives such a token the first id after the model's vocabulary when
+        it loads a file, whatever id the file says: once new tokens follow it, that id
+        belongs to the last new token. Written into the vocabulary at its id, it keeps it.
+        """
+        return {t["content"]: t["id"] for t in self.spec.get("added_tokens", []) if t["content"] not in self.vocab}
+
     def to_json(self) -> str:
-        """The serialized tokenizer with this vocabulary and these merges."""
+        """The serialized tokenizer with this vocabulary and these merges.
+
+        Added tokens missing from the vocabulary are written into it at their ids
+        (see `added_outside_vocab`); an id that a vocabulary token holds already is refused.
+        """
         spec = dict(self.spec)
         model = dict(spec["model"])
-        model["vocab"] = self.vocab
+        vocab = dict(self.vocab)
+        added = self.added_outside_vocab()
+        if added:
+            wanted = set(added.values())
+            holder = {i: t for t, i in vocab.items() if i in wanted}
+            taken = [(t, i, holder[i]) for t, i in added.items() if i in holder]
+            if taken:
+                token, token_id, other = taken[0]
+                raise TokenizerFormatError(
+                    f"added token {token!r} has id {token_id}, which the vocabulary gives to {other!r}: "
+                    "new ids must start after every base id, added tokens included"
+                )
+            vocab = dict(sorted({**vocab, **added}.items(), key=lambda item: item[1]))
+        model["vocab"] = vocab
         # Pairs as lists: unambiguous even for tokens that contain spaces.
         model["merges"] = [list(m) for m in self.merges]
         spec["model"] = model

@@ -244,10 +244,17 @@ def _verify_saved(
     out = shown_as
     loaded = AutoTokenizer.from_pretrained(str(folder))
     vocab = loaded.get_vocab()
-    moved = [t for t, i in base.vocab.items() if vocab.get(t) != i]
+    base_ids = {**base.vocab, **base.added_outside_vocab()}
+    moved = [t for t, i in base_ids.items() if vocab.get(t) != i]
     lost = [t for t, i in new_ids.items() if vocab.get(t) != i]
     if moved or lost:
         raise RuntimeError(f"{out}: reloaded tokenizer changed ids of {moved[:5] or lost[:5]}")
+    shared = len(vocab) - len(set(vocab.values()))
+    if shared or len(loaded) != len(base_ids) + len(new_ids):
+        raise RuntimeError(
+            f"{out}: reloaded tokenizer has {len(loaded)} tokens on {len(set(vocab.values()))} ids; expected "
+            f"{len(base_ids)} base + {len(new_ids)} new tokens, each on its own id"
+        )
     base_lost = set(stats.round_trip_failures(base_tok, docs))
     for i, doc in enumerate(docs):
         back = loaded.decode(loaded(doc, add_special_tokens=False)["input_ids"])
