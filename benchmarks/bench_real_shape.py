@@ -95,9 +95,8 @@ def make_tokenizers(base_dir: Path, ext_dir: Path) -> None:
             vocab[token] = len(vocab)
             if len(token) > 1 and pair[0]:
                 merges.append(pair)
-    # In the BPE's own vocabulary: `tokenizers` numbers an added token missing from it after the
-    # model's last id on load, which an extension would then collide with.
-    vocab["<image_soft_token>"] = len(vocab)
+    # As in Gemma 3's own file: <image_soft_token> is id 262,144 in `added_tokens` only, not in
+    # the BPE's vocabulary; the extension must keep it there and number new tokens after it.
     save_gemma_style(vocab, merges, base_dir)
     base = AutoTokenizer.from_pretrained(base_dir)
     base.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>", "<image_soft_token>"]})
