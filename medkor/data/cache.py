@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import shutil
 import time
@@ -37,6 +38,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
+
+import xxhash
 
 from medkor.data.build import build_split, special_ids, whole_documents
 from medkor.data.encode import ChunkEncoder
@@ -208,6 +211,16 @@ def _stat_of(path: Path) -> list[int]:
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
+def hash_mapped(path: Path) -> str:
+    """xxh3-128 of a file's bytes (as `hash_bytes_of`), hashed in place through a read-only mapping:
+    no copy of a rows file of hundreds of MB into fresh memory."""
+    with open(path, "rb") as handle:
+        if not os.fstat(handle.fileno()).st_size:
+            return hash_bytes_of(path)
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            return xxhash.xxh3_128_hexdigest(mapped)
+
+
 def _rows_memo_name(folder: Path) -> str:
     return f"rows:{(folder / ROWS_FILE).resolve()}"
 
@@ -216,7 +229,7 @@ def check_rows(folder: Path, manifest: dict[str, Any], memo: FingerprintMemo) ->
     """Why the rows file differs from what was built, or None. Hashes it only when its stat changed."""
     path = folder / ROWS_FILE
     expected = manifest["files"][ROWS_FILE].get("xxh3")
-    digest = memo.content_hash(_rows_memo_name(folder), [path], lambda: hash_bytes_of(path))
+    digest = memo.content_hash(_rows_memo_name(folder), [path], lambda: hash_mapped(path))
     if digest == expected:
         return None
     return f"{path} was changed or damaged after it was built (content hash {digest[:16]}, manifest {str(expected)[:16]})"
@@ -292,7 +305,7 @@ def _build(request: CacheRequest, resolved: Resolved, tokenizer: Any, claims: Ex
         bos, eos, pad = special_ids(tokenizer)
         rows_path = tmp / ROWS_FILE
         _fsync_file(rows_path)
-        digest = hash_bytes_of(rows_path)
+        digest = hash_mapped(rows_path)
         (tmp / PIECES_LIST).write_text(json.dumps(list(dict.fromkeys(used))), encoding="utf-8")
         manifest = {
             "version": CACHE_VERSION,

@@ -40,34 +40,80 @@ def _int32(values: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(pa.int32(), len(values), [None, pa.py_buffer(values)])
 
 
+class _Reused:
+    """One int32 buffer per column, grown when needed and reused by every record batch: fresh pages
+    cost more than the copy into them (the kernel zeroes each one), so a build touches them once."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, np.ndarray] = {}
+
+    def take(self, name: str, size: int) -> np.ndarray:
+        buffer = self.buffers.get(name)
+        if buffer is None or len(buffer) < size:
+            buffer = self.buffers[name] = np.empty(max(size, 2 * len(buffer) if buffer is not None else size),
+                                                   dtype=np.int32)
+        return buffer[:size]
+
+
+def _from_zero(values: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A list column's (values, offsets) with the offsets starting at 0 and only the values they cover."""
+    first = int(offsets[0])
+    if first:
+        offsets = offsets - first
+    return values[first : first + int(offsets[-1])], offsets
+
+
+def _column(parts: list[tuple[np.ndarray, np.ndarray]], name: str, reused: _Reused) -> pa.Array:
+    """One list column of several (values, offsets-from-zero) parts, gathered into reused buffers."""
+    if len(parts) == 1:
+        values, offsets = parts[0]
+    else:
+        values = reused.take(f"{name}.values", sum(len(v) for v, _ in parts))
+        np.concatenate([v for v, _ in parts], out=values)
+        offsets = reused.take(f"{name}.offsets", sum(len(o) - 1 for _, o in parts) + 1)
+        offsets[0] = base = at = 0
+        for part_values, part_offsets in parts:
+            count = len(part_offsets) - 1
+            np.add(part_offsets[1:], base, out=offsets[at + 1 : at + 1 + count])
+            base, at = base + len(part_values), at + count
+    return pa.ListArray.from_arrays(_int32(offsets), _int32(values))
+
+
 def write_rows(path: Path, batches: Iterable[Rows], per_batch: int) -> tuple[int, int]:
     """Write row batches to `path` in record batches of exactly `per_batch` rows
     (the last may hold fewer); returns (rows, tokens)."""
     rows = tokens = 0
     schema = SCHEMA.with_metadata({ROWS_PER_BATCH_KEY: str(per_batch).encode()})
-    pending: list[tuple[pa.Array, ...]] = []
+    pending: list[list[tuple[np.ndarray, np.ndarray]]] = []  # per part: its three columns
     pending_rows = 0
+    reused = _Reused()
 
     def write(writer: pa.ipc.RecordBatchFileWriter, limit: Optional[int]) -> None:
         nonlocal pending, pending_rows
-        columns = [pa.concat_arrays([part[c] for part in pending]) for c in range(3)]
-        take = len(columns[0]) if limit is None else limit
-        writer.write_batch(pa.record_batch([column.slice(0, take) for column in columns], schema=schema))
-        pending = [tuple(column.slice(take) for column in columns)] if take < len(columns[0]) else []
-        pending_rows -= take
+        take, chosen, rest = pending_rows if limit is None else limit, [], []
+        left = take
+        for part in pending:
+            count = len(part[0][1]) - 1
+            if left >= count:
+                chosen.append(part)
+            elif left == 0:
+                rest.append(part)
+            else:  # cut this part at a row: the first `left` rows now, the others next time
+                chosen.append([(v[: int(o[left])], o[: left + 1]) for v, o in part])
+                rest.append([_from_zero(v, o[left:]) for v, o in part])
+            left = max(0, left - count)
+        columns = [_column([part[c] for part in chosen], name, reused)
+                   for c, name in enumerate(("ids", "starts", "spans"))]
+        writer.write_batch(pa.record_batch(columns, schema=schema))  # written out before the buffers are reused
+        pending, pending_rows = rest, pending_rows - take
 
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
         for batch in batches:
             if not len(batch):
                 continue
-            ids = pa.ListArray.from_arrays(_int32(batch.offsets), _int32(batch.values))
-            starts = pa.ListArray.from_arrays(
-                _int32(batch.starts_offsets), _int32(batch.starts)
-            )
-            spans = pa.ListArray.from_arrays(
-                _int32(batch.spans_offsets), _int32(batch.spans)
-            )
-            pending.append((ids, starts, spans))
+            pending.append([_from_zero(np.asarray(batch.values), np.asarray(batch.offsets)),
+                            _from_zero(np.asarray(batch.starts), np.asarray(batch.starts_offsets)),
+                            _from_zero(np.asarray(batch.spans), np.asarray(batch.spans_offsets))])
             pending_rows += len(batch)
             rows += len(batch)
             tokens += int(batch.offsets[-1] - batch.offsets[0])
