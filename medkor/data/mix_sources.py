@@ -63,6 +63,15 @@ def source_files(path: str, where: str) -> tuple[Path, ...]:
     raise DataError(f"{where}: {path} does not exist; point path at a JSONL file, a folder or a glob")
 
 
+def _has_content(path: Path, chunk: int = 1 << 20) -> bool:
+    """Whether a file holds anything but whitespace: reads up to its first non-blank byte (one chunk for a data file)."""
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            if block.strip():
+                return True
+    return False
+
+
 def parse_sources(entries: Optional[Sequence[Mapping[str, Any]]], base: FormatSpec) -> list[MixSource]:
     """Check `data.sources`: a list of `{name, path, format, <format options>, weight | rows | tokens | repeat,
     max_samples}` (format options default to the stage's, so a stage of one format names none)."""
@@ -102,9 +111,9 @@ def parse_sources(entries: Optional[Sequence[Mapping[str, Any]]], base: FormatSp
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise DataError(f"{where}.max_samples must be a positive integer, got {limit!r}")
         files = source_files(str(entry["path"]), where)
-        if all(f.stat().st_size == 0 for f in files):
-            raise DataError(f"{where}: {', '.join(map(str, files[:3]))} {'is' if len(files) == 1 else 'are'} empty; "
-                            "give the source records, or remove it")
+        if not any(_has_content(f) for f in files):
+            raise DataError(f"{where}: {', '.join(map(str, files[:3]))} {'is' if len(files) == 1 else 'are'} empty "
+                            "(no line but blank ones); give the source records, or remove it")
         weight_by = entry.get("weight_by", "rows")
         if weight_by not in ("rows", "tokens") or (weight_by != "rows" and amount != "weight"):
             raise DataError(f"{where}.weight_by must be rows or tokens, with a weight; got {weight_by!r}")

@@ -198,6 +198,10 @@ def test_an_empty_or_missing_source_is_an_error_naming_it(tmp_path):
     with pytest.raises(DataError, match=r"data.sources\[1\] \(blank\): .*empty/train.jsonl is empty"):
         _three_sources(tmp_path, sources=[{"name": "ko_med", "path": str(tmp_path / "ko"), "weight": 1},
                                           {"name": "blank", "path": str(tmp_path / "empty"), "repeat": 2}])
+    (tmp_path / "empty/train.jsonl").write_bytes(b"\n  \n\r\n\t\n")  # blank lines only: no record to cache
+    with pytest.raises(DataError, match=r"data.sources\[1\] \(blank\): .*empty/train.jsonl is empty \(no line but"):
+        _three_sources(tmp_path, sources=[{"name": "ko_med", "path": str(tmp_path / "ko"), "weight": 1},
+                                          {"name": "blank", "path": str(tmp_path / "empty"), "repeat": 2}])
     write_jsonl(tmp_path / "blank/train.jsonl", [{"text": ""}])  # records, none usable: the cache names the file
     dm = _three_sources(tmp_path, sources=[{"name": "ko_med", "path": str(tmp_path / "ko"), "weight": 1},
                                            {"name": "blank", "path": str(tmp_path / "blank"), "repeat": 2}],
