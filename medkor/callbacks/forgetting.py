@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
+from medkor.callbacks.logging_steps import is_logging_step
 from medkor.data.mixture import Mixture, ReplayMix, hysteresis
 
 ACTIVE_METRIC = "replay/active"
@@ -128,9 +129,11 @@ class ForgettingGuard(Callback):
 
 
 class MixtureMetrics(Callback):
-    """`mix/<name>/rows` and `mix/<name>/tokens` of every source trained so far, at logging steps, and
-    one line per source at the end of fit. The counts are host integers the training loader keeps
-    from the global order (`ResumableDataLoader.seen`): nothing is read from the device.
+    """`mix/<name>/rows` and `mix/<name>/tokens` of every source trained so far, logged with `train/loss`
+    (the same logging steps, the same metrics.csv row), and the totals at the end of training: logged once
+    more at the last step (a row of their own when that step did not log) and printed, one line per source.
+    The counts are host integers the training loader keeps from the global order
+    (`ResumableDataLoader.seen`): nothing is read from the device, and nothing is logged between logging steps.
     `medkor fit` adds it to every run; it does nothing without several sources."""
 
     @staticmethod
@@ -142,19 +145,35 @@ class MixtureMetrics(Callback):
                 return candidate.seen()
         return {}
 
+    @staticmethod
+    def _metrics(seen: dict[str, tuple[int, int]]) -> dict[str, float]:
+        return {f"mix/{name}/{what}": float(value) for name, counts in seen.items()
+                for what, value in zip(("rows", "tokens"), counts)}
+
+    def __init__(self) -> None:
+        self._logged: Optional[dict[str, float]] = None  # the latest counts logged in this process
+        self._epoch = 0  # the epoch of the latest training batch
+
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if not trainer.is_global_zero or trainer.global_step % max(trainer.log_every_n_steps, 1):
+        self._epoch = trainer.current_epoch
+        if not is_logging_step(trainer):
+            return  # Lightning writes the logged values of this step after this hook, in train/loss's row
+        metrics = self._metrics(self._seen(trainer))
+        for name, value in metrics.items():
+            # the same counts on every rank (the global order): no sync, a row per logging step
+            pl_module.log(name, value, on_step=True, on_epoch=False, batch_size=1)
+        self._logged = metrics or None
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        metrics = self._metrics(self._seen(trainer))
+        if not metrics or metrics == self._logged or not trainer.is_global_zero:
             return
-        if (batch_idx + 1) % max(int(getattr(trainer, "accumulate_grad_batches", 1)), 1):
-            return  # once per optimizer step, after its last micro batch
-        seen = self._seen(trainer)
-        if not seen:
-            return
-        metrics = {f"mix/{name}/{what}": float(value) for name, counts in seen.items()
-                   for what, value in zip(("rows", "tokens"), counts)}
+        # the totals after the last step, at that step's number (the step numbering of train/loss)
+        step = max(trainer.fit_loop.epoch_loop._batches_that_stepped - 1, 0)
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
+            logger.log_metrics({**metrics, "epoch": self._epoch}, step=step)
+        self._logged = metrics
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         seen = self._seen(trainer)

@@ -3,10 +3,14 @@ the change recorded in the mixture from the next global batch; MixtureMetrics lo
 
 from __future__ import annotations
 
+import csv
+import logging
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 
 from medkor.callbacks import ForgettingGuard, MixtureMetrics
 from medkor.data.mixture import Mixture
@@ -51,15 +55,45 @@ def test_a_source_that_is_not_in_the_mixture_is_named():
         ForgettingGuard(source="plain", raise_to=1.5)
 
 
-def test_mixture_metrics_log_each_source_at_logging_steps_only():
-    loader = SimpleNamespace(seen=lambda: {"ko": (12, 384), "en": (4, 100)})
-    logger = _Logger()
-    trainer = SimpleNamespace(is_global_zero=True, global_step=5, log_every_n_steps=5, loggers=[logger],
-                              fit_loop=SimpleNamespace(_combined_loader=SimpleNamespace(flattened=[loader])))
-    metrics = MixtureMetrics()
-    metrics.on_train_batch_end(trainer, None, None, None, 0)
-    trainer.global_step = 6
-    metrics.on_train_batch_end(trainer, None, None, None, 0)
-    trainer.global_step, trainer.accumulate_grad_batches = 10, 2
-    metrics.on_train_batch_end(trainer, None, None, None, 4)  # inside an accumulation: not logged
-    assert logger.logged == [(5, {"mix/ko/rows": 12.0, "mix/ko/tokens": 384.0, "mix/en/rows": 4.0, "mix/en/tokens": 100.0})]
+def _mixture_fit(repo_root: Path, tmp: Path, steps: int) -> Path:
+    """A fit of configs/demo/mixture.yaml for `steps` steps logging every 5; its metrics.csv."""
+    from medkor.lightning_cli import run_cli
+
+    config = yaml.safe_load((repo_root / "configs/demo/mixture.yaml").read_text(encoding="utf-8"))
+    trainer = config["trainer"]
+    trainer["logger"][0]["init_args"]["save_dir"] = str(tmp / "logs")
+    trainer.update(max_epochs=1, limit_train_batches=steps, limit_val_batches=1, log_every_n_steps=5)
+    trainer["callbacks"] = [c for c in trainer["callbacks"] if not c["class_path"].endswith("ModelCheckpoint")]
+    config["data"]["cache_dir"] = str(tmp / "cache")
+    config["data"].pop("eval_source", None)
+    path = tmp / "mixture.yaml"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    threads = torch.get_num_threads()
+    try:
+        run_cli(["fit", "--config", str(path), "--trainer.enable_checkpointing", "false"])
+    finally:
+        torch.set_num_threads(threads)
+    (csv_path,) = (tmp / "logs").rglob("metrics.csv")
+    return csv_path
+
+
+def test_mixture_metrics_share_train_loss_rows_and_end_with_the_totals(repo_root, tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(repo_root)
+    caplog.set_level(logging.INFO)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with open(_mixture_fit(repo_root, tmp_path, steps=12), encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    mixed = [r for r in rows if r.get("mix/exam/rows")]
+    # logged with train/loss: the same step, the same row, the epoch filled
+    assert [int(r["step"]) for r in rows if r.get("train/loss")] == [4, 9]
+    assert [int(r["step"]) for r in mixed] == [4, 9, 11]
+    assert all(r["epoch"] == "0" for r in mixed)
+    assert all(r["train/loss"] for r in mixed[:2])
+    names = ("plain_text", "dictionary", "exam")
+    total = [sum(float(r[f"mix/{n}/rows"]) for n in names) for r in mixed]
+    assert total == [5 * 8, 10 * 8, 12 * 8]  # batch_size 8: every row of every step, counted once
+    lines = [r.getMessage() for r in caplog.records if "[medkor] mix:" in r.getMessage()]
+    assert len(lines) == 3
+    for line in lines:  # the printed totals are the last row's
+        name, count = line.split("mix: ")[1].split(" rows")[0].split()
+        assert float(mixed[-1][f"mix/{name}/rows"]) == int(count.replace(",", ""))
