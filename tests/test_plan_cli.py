@@ -67,8 +67,9 @@ def test_fsdp_strategy_units_and_devices(capsys):
 def test_too_small_device_warns_and_names_changes(capsys):
     assert main(["--config", DEMO, "--device_memory", "0.01"]) == 0
     captured = capsys.readouterr()
-    assert "does NOT fit" in captured.out and "change:" in captured.out
-    assert "model.gradient_checkpointing: true" in captured.out and "data.batch_size: 4" in captured.out
+    assert "does NOT fit" in captured.out and "add to the command" in captured.out
+    assert "--model.gradient_checkpointing true" in captured.out
+    assert "--data.batch_size 4 --trainer.accumulate_grad_batches 2" in captured.out
     assert "medkor plan: warning: predicted peak" in captured.err
     report = _json(capsys, "--device_memory", "0.01")
     assert not report["memory"]["fits"] and report["advice"]
@@ -111,3 +112,60 @@ def test_phases_are_counted_one_by_one(capsys):
     assert report["model"]["trainable_params"] == 2048 * 128 + lora  # the optimizer holds every phase's
     assert main(["--config", DEMO, "--model.trainable", phases]) == 0
     assert "  new_embeddings until step 10: 262,144 trainable" in capsys.readouterr().out
+
+
+def test_every_suggestion_is_the_plan_with_its_options(capsys):
+    # the suggestion's figure is what `plan` prints once the suggested options are on the command line
+    small = ["--trainer.accelerator", "gpu", "--trainer.devices", "1", "--data.batch_size", "8", "--device_memory", "0.01"]
+    report = _json(capsys, *small)
+    changes = [tip["change"] for tip in report["advice"]]
+    fsdp = next(c for c in changes if "fsdp.yaml" in c)
+    tips = [tip for tip in report["advice"] if tip["options"]]  # options the command line takes
+    assert all(tip["options"] == tip["change"].split("  (")[0].split() for tip in tips)
+    for tip in tips:
+        again = _json(capsys, *small, *tip["options"])
+        assert again["memory"]["peak"] == tip["peak"] and again["memory"]["fits"] == tip["fits"], tip["change"]
+    assert fsdp.startswith("--config configs/strategies/fsdp.yaml --trainer.devices 8")
+    # the extended demo tokenizer: lora alone is said to leave the new rows untrained
+    lora = next(c for c in changes if c.startswith("--model.trainable lora "))
+    assert "new rows would NOT train" in lora
+
+
+def test_moments_list_every_term_that_adds_up(capsys):
+    report = _json(capsys)
+    memory = report["memory"]
+    for moment, total in memory["moments"].items():
+        assert sum(memory["terms"][moment].values()) == total, moment
+    # the demo's tied, trainable 2,048 x 128 head: its float32 gradient in the loss and at the end of backward
+    assert memory["terms"]["loss"]["head gradient"] == 2048 * 128 * 4
+    assert memory["terms"]["backward"]["embedding's dense gradient"] == 2048 * 128 * 4
+    assert main(["--config", DEMO]) == 0
+    out = capsys.readouterr().out
+    assert "head gradient 1.0 MB" in out and "    backward " in out and "    evaluation " in out
+
+
+def test_fsdp_options_fit_refuses_are_said(capsys):
+    args = ["--config", DEMO, "--config", "configs/strategies/fsdp.yaml", "--devices", "2"]
+    assert main([*args, "--model.trainable", "new_embeddings"]) == 0
+    err = capsys.readouterr().err
+    assert "medkor plan: warning: medkor fit refuses this set-up at start: model.trainable: new_embeddings" in err
+    report = _json(capsys, "--config", "configs/strategies/fsdp.yaml", "--devices", "2", "--model.trainable", "embeddings")
+    assert report["fit_refuses"] is None
+
+
+def test_model_folder_without_tokenizer_files(tmp_path, capsys):
+    import shutil
+
+    shutil.copy("medkor/assets/demo/tiny-gemma3/config.json", tmp_path / "config.json")
+    assert main(["--config", DEMO, "--model.model_name_or_path", str(tmp_path), "--model.tokenizer_path", "null"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no tokenizer files" in err and "--model.tokenizer_path" in err
+    report = _json(capsys, "--model.model_name_or_path", str(tmp_path), "--model.tokenizer_path",
+                   "medkor/assets/demo/tiny-gemma3")
+    assert any("no tokenizer files" in note for note in report["notes"])
+    assert report["model"]["embedding"]["n_base_tokens"] == 1600  # the named tokenizer, not a 5-token default
+
+
+def test_strict_exits_3_when_it_does_not_fit(capsys):
+    assert main(["--config", DEMO, "--device_memory", "0.01", "--strict", "--json"]) == 3
+    assert main(["--config", DEMO, "--strict", "--json"]) == 0

@@ -258,6 +258,7 @@ def plan_model(
     attn_implementation: str = "sdpa",
     trust_remote_code: bool = False,
     fsdp_classes: Sequence[str] = (),
+    base_tokenizer_path: Optional[str] = None,
 ) -> ModelFacts:
     """Build the model of these `MedGemmaModule` options on `meta` and read its facts.
 
@@ -272,10 +273,11 @@ def plan_model(
     config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
     model = meta_model(config, torch_dtype, attn_implementation)
     before = resident_bytes()
-    base = load_tokenizer(model_name_or_path, trust_remote_code)
-    same = tokenizer_path is None or tokenizer_path == model_name_or_path
+    base_path = base_tokenizer_path or model_name_or_path
+    base = load_tokenizer(base_path, trust_remote_code)
+    same = tokenizer_path is None or tokenizer_path == base_path
     tokenizer = base if same else load_tokenizer(tokenizer_path, trust_remote_code)
-    plan = grow_on_meta(model, base, tokenizer, pad_vocab_to_multiple_of, model_name_or_path,
+    plan = grow_on_meta(model, base, tokenizer, pad_vocab_to_multiple_of, base_path,
                         tokenizer_path or model_name_or_path)
     host = max(0, resident_bytes() - before)  # what the tokenizers and the growth check cost a process
     text_cfg = model.config.get_text_config()

@@ -105,6 +105,7 @@ class MemoryPlan:
     peak_at: str
     device_memory: int
     notes: list[str] = field(default_factory=list)
+    terms: dict[str, dict[str, int]] = field(default_factory=dict)  # per moment: every term it adds up
 
     @property
     def fits(self) -> bool:
@@ -237,17 +238,21 @@ def plan_memory(f: ModelFacts, s: RunSetup) -> MemoryPlan:
     # Lightning zeroes gradients after the training step's forward, just before backward: the
     # previous step's gradients are still there while the next forward and loss run, and
     # through an evaluation that follows an optimizer step.
-    points = {
+    held = {"weights": weights, "optimizer states": moments, "runtime": runtime, "gradients": gradients}
+    terms = {
         # loss forward: earlier gradients, every activation saved, the new head gradient, the loss's buffers
-        "loss": static + gradients + act + head_grad + second_head + loss,
+        "loss": {**held, "activations": act, "head gradient": head_grad,
+                 "second head gradient (accumulation)": second_head, "loss step": loss},
         # end of backward: all gradients, the embedding's dense gradient beside them
-        "backward": static + gradients + tied_grad,
-        "optimizer step": static + gradients + opt,
-        "evaluation": static + gradients + ev,
+        "backward": {**held, "embedding's dense gradient": tied_grad},
+        "optimizer step": {**held, "optimizer step": opt},
+        "evaluation": {**held, "evaluation": ev},
     }
+    terms = {moment: {k: v for k, v in parts.items() if v} for moment, parts in terms.items()}
+    points = {moment: sum(parts.values()) for moment, parts in terms.items()}
     peak_at = max(points, key=points.get)
     return MemoryPlan(weights, gradients, moments, act, act_other, loss, opt, ev, runtime, points,
-                      points[peak_at], peak_at, s.device_memory, notes)
+                      points[peak_at], peak_at, s.device_memory, notes, terms)
 
 
 def advice(f: ModelFacts, s: RunSetup, policies: Sequence[tuple[str, ModelFacts]] = ()) -> list[tuple[str, MemoryPlan]]:

@@ -36,7 +36,7 @@ def setup_line(s: RunSetup) -> str:
             f"loss {s.loss_impl} (chunk {s.loss_chunk})")
 
 
-def text_lines(f: ModelFacts, s: RunSetup, m: MemoryPlan, tips: list[tuple[str, MemoryPlan]],
+def text_lines(f: ModelFacts, s: RunSetup, m: MemoryPlan, tips: list[tuple],
                notes: list[str]) -> list[str]:
     """The human-readable plan."""
     e = f.embedding
@@ -78,26 +78,39 @@ def text_lines(f: ModelFacts, s: RunSetup, m: MemoryPlan, tips: list[tuple[str, 
     ]
     for name, value, note in rows:
         lines.append(f"  {name:<17} {gb(value):>12}" + (f"   {note}" if note else ""))
-    lines.append(f"  {'peak':<17} {gb(m.peak):>12}   at {m.peak_at} ("
-                 + ", ".join(f"{k} {gb(v)}" for k, v in m.moments.items()) + ")")
+    lines.append(f"  {'peak':<17} {gb(m.peak):>12}   at {m.peak_at}")
+    lines.append("  moments (each the sum of the terms it holds; the peak is the largest)")
+    for moment, parts in m.terms.items():
+        lines.append(f"    {moment:<15} {gb(m.moments[moment]):>12} = "
+                     + " + ".join(f"{name} {gb(value)}" for name, value in parts.items()))
     lines.append(f"device       {gb(m.device_memory)}: " + (f"fits ({gb(m.device_memory - m.peak)} to spare)" if m.fits
                                                          else "does NOT fit"))
     for note in notes + m.notes:
         lines.append(f"  note: {note}")
     if not m.fits:
-        lines.append(f"warning: the predicted peak {gb(m.peak)} exceeds the device's {gb(m.device_memory)}; change:")
-        for text, alt in tips:
-            lines.append(f"  {text}: {gb(alt.peak)}" + (" (fits)" if alt.fits else ""))
+        lines.append(f"warning: the predicted peak {gb(m.peak)} exceeds the device's {gb(m.device_memory)}; "
+                     "add to the command (each figure is the plan with exactly those options):")
+        for text, alt, *_ in tips:
+            lines.append(f"  {text}: {gb_beside(alt.peak, alt.device_memory)} "
+                         + ("(fits)" if alt.fits else "(does not fit)"))
     return lines
 
 
-def json_report(f: ModelFacts, s: RunSetup, m: MemoryPlan, tips: list[tuple[str, MemoryPlan]],
+def gb_beside(n: int, limit: int) -> str:
+    """`gb(n)`, with digits enough that it does not read as equal to `limit` when the bytes differ."""
+    if n != limit and gb(n) == gb(limit):
+        return f"{n / 1e6:,.3f} MB"
+    return gb(n)
+
+
+def json_report(f: ModelFacts, s: RunSetup, m: MemoryPlan, tips: list[tuple],
                 notes: list[str]) -> dict[str, Any]:
     """The same plan for machines: every count and term in bytes."""
     return {
         "model": f.as_dict(),
         "setup": asdict(s),
         "memory": m.as_dict(),
-        "advice": [{"change": text, "peak": alt.peak, "fits": alt.fits} for text, alt in tips] if not m.fits else [],
+        "advice": [{"change": tip[0], "options": tip[2] if len(tip) > 2 else None, "peak": tip[1].peak,
+                    "fits": tip[1].fits} for tip in tips] if not m.fits else [],
         "notes": notes + m.notes,
     }
