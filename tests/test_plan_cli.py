@@ -169,3 +169,19 @@ def test_model_folder_without_tokenizer_files(tmp_path, capsys):
 def test_strict_exits_3_when_it_does_not_fit(capsys):
     assert main(["--config", DEMO, "--device_memory", "0.01", "--strict", "--json"]) == 3
     assert main(["--config", DEMO, "--strict", "--json"]) == 0
+
+
+def test_frozen_weights_in_bfloat16_and_evaluation_batch_are_suggested(capsys):
+    gpu = ["--trainer.accelerator", "gpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    lora = _json(capsys, *gpu, "--model.trainable", "lora")
+    small = [*gpu, "--model.trainable", "lora", "--device_memory", str((lora["memory"]["peak"] - 1) / 1e9)]
+    report = _json(capsys, *small)
+    tip = next(t for t in report["advice"] if t["options"] == ["--model.torch_dtype", "bfloat16"])
+    assert tip["peak"] == _json(capsys, *small, "--model.torch_dtype", "bfloat16")["memory"]["peak"]
+    if report["memory"]["peak_at"] == "evaluation":
+        assert any("KorMedMCQAEval init_args.batch_size: 8" in t["change"] for t in report["advice"])
+    # a peak at evaluation (a long KorMedMCQA prompt): halving the callback's batch is suggested
+    full = _json(capsys, *gpu, "--eval_tokens", "4096")
+    assert full["memory"]["peak_at"] == "evaluation"
+    tight = _json(capsys, *gpu, "--eval_tokens", "4096", "--device_memory", str((full["memory"]["peak"] - 1) / 1e9))
+    assert any(t["change"].startswith("KorMedMCQAEval init_args.batch_size: 8") and t["fits"] for t in tight["advice"])

@@ -218,3 +218,11 @@ def test_growth_at_medgemma_size_through_the_real_checks(tmp_path):
     e = facts.embedding
     assert (e.n_base, e.n_tokenizer, e.rows_before, e.rows_after) == (N_BASE, N_TOKENS, 262_208, ROWS)
     assert facts.trainable_params == ROWS * H and facts.total_params == TEXT + VISION + PROJECTOR
+
+
+def test_suggestion_figures_never_round_onto_the_device():
+    from medkor.model.plan_report import gb_beside
+
+    limit = 24 * GB
+    assert gb_beside(limit + 1_000_000, limit) == "24,001.000 MB"  # "24.00 GB" would read as equal
+    assert gb_beside(limit, limit) == "24.00 GB" and gb_beside(30 * GB, limit) == "30.00 GB"
