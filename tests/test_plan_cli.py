@@ -100,6 +100,7 @@ def test_markdown_has_every_policy_and_the_fit_table(capsys):
         assert f"| `{policy}` |" in out
     assert "## The pipeline medkor replaces" in out and "## What fits on one GPU" in out
     assert "| **total** / **trainable** |" in out
+    assert "| `full` | loss | weights " in out and "+ head gradient " in out  # every moment, term by term
 
 
 

@@ -175,7 +175,14 @@ def _per_device_section(facts: dict[str, ModelFacts], setup: RunSetup) -> list[s
     lines += ["", "The peak is the largest of four moments: the loss forward (the previous step's gradients "
               "are still held: Lightning zeroes them between the forward and the backward), the end of backward "
               "(a tied embedding's dense gradient beside the head's), the optimizer step and the KorMedMCQA "
-              "evaluation."]
+              "evaluation. Each is the sum of the terms it holds, every one listed (GB):", "",
+              "| `trainable` | moment | terms | sum |", "|---|---|---|---:|"]
+    for p, f in facts.items():
+        m = plan_memory(f, setup)
+        for moment, parts in m.terms.items():
+            total = f"**{_gb(m.moments[moment])}**" if moment == m.peak_at else _gb(m.moments[moment])
+            lines.append(f"| `{p}` | {moment} | " + " + ".join(f"{name} {_gb(v)}" for name, v in parts.items())
+                         + f" | {total} |")
     return lines
 
 
