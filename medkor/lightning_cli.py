@@ -296,6 +296,10 @@ class MedKorCLI(LightningCLI):
         if keep is not None:
             # temporary checkpoint files of the killed attempt (the lock makes this the folder's only writer)
             swept = sweep_leftovers(root / f"version_{keep[1]}" / "checkpoints")
+            # the run's own checkpoints are expected there on a resume: Lightning's "not empty" warning says nothing
+            own = {str(root / f"version_{keep[1]}" / "checkpoints"), str((root / f"version_{keep[1]}").resolve() / "checkpoints")}
+            warnings.filterwarnings("ignore", message="Checkpoint directory (" + "|".join(map(re.escape, sorted(own)))
+                                    + r") exists and is not empty")
             if swept:
                 rank_zero_info(f"[medkor] removed {len(swept)} temporary file(s) of interrupted checkpoint writes: "
                                + ", ".join(p.name for p in swept[:3]) + (" ..." if len(swept) > 3 else ""))

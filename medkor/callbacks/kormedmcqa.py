@@ -27,7 +27,7 @@ from medkor.eval.predictions import (
 )
 from medkor.eval.prompts import PromptStyle
 from medkor.eval.questions import HUB_ID, QuestionSet
-from medkor.run.report import evaluation_line, say, validation_losses
+from medkor.run.report import evaluation_line, last_step_epoch, say, validation_losses
 
 
 class KorMedMCQAEval(Callback):
@@ -127,8 +127,8 @@ class KorMedMCQAEval(Callback):
         self._owed = state_dict.get("interrupted")
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
-        # validate/test restore no loop state: the checkpoint's own epoch and step name its evaluation
-        self._checkpoint_position = (int(checkpoint.get("epoch", 0)), int(checkpoint.get("global_step", 0)))
+        # validate/test restore no loop state: the checkpoint's epoch and step name its evaluation, as fit named it
+        self._checkpoint_position = (last_step_epoch(checkpoint), int(checkpoint.get("global_step", 0)))
 
     # ---- hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -9,7 +9,7 @@ from typing import Any, Optional, Sequence
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from medkor.run.report import fit_end_lines, losses_text, say, shown_path, validation_losses
+from medkor.run.report import fit_end_lines, losses_text, say, shown_path, steps_text, validation_losses
 
 
 class RunReport(Callback):
@@ -24,18 +24,22 @@ class RunReport(Callback):
         self.config_files = [str(c) for c in config_files]
         self._started: Optional[float] = None
         self._end: Optional[str] = None
+        self._first_step = 0  # the global step this process started from (a resume's checkpoint step)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._started = time.perf_counter()
         if trainer.log_dir:
             say(trainer, f"run folder {shown_path(trainer.log_dir)}")
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._first_step = trainer.global_step  # restored by now
+
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         run_dir = Path(trainer.log_dir) if trainer.log_dir else None
         last, best, label = _checkpoints(trainer)
         seconds = time.perf_counter() - (self._started or time.perf_counter())
-        epochs = trainer.current_epoch
-        trained = f"{epochs} epoch{'s' if epochs != 1 else ''}, {trainer.global_step} optimizer steps in {seconds:.0f} s"
+        steps = trainer.global_step
+        trained = steps_text(trainer.current_epoch, steps, steps - self._first_step, seconds)
         losses = validation_losses(trainer.callback_metrics)
         if losses:
             trained += f"; {losses_text(losses)}"

@@ -74,6 +74,28 @@ def evaluation_line(entry: Mapping[str, Any], baseline: Optional[Mapping[str, An
     return f"{head}: {overall} | {', '.join(parts)}{tail} | {entry['seconds']:.1f} s"
 
 
+def last_step_epoch(checkpoint: Mapping[str, Any]) -> int:
+    """The epoch (from 0) of a checkpoint's last optimizer step, as `fit` names its evaluations.
+
+    Lightning's `epoch` counts the epochs completed: a checkpoint written after an epoch
+    ended says 1 for a last step in epoch 0, and one written inside the epoch says 0. The
+    fit loop's epochs started (its `epoch_progress`) names the epoch either way.
+    """
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    started = progress.get("started")
+    if isinstance(started, int) and started > 0:
+        return started - 1
+    return int(checkpoint.get("epoch", 0))
+
+
+def steps_text(epochs: int, steps: int, steps_here: int, seconds: float) -> str:
+    """`N epochs, S optimizer steps in T s`; after a resume, how many of them this process ran in T."""
+    head = f"{epochs} epoch{'s' if epochs != 1 else ''}, {steps} optimizer steps"
+    if steps_here == steps:
+        return f"{head} in {seconds:.0f} s"
+    return f"{head} ({steps_here} in this process, {seconds:.0f} s)"
+
+
 def shown_path(path: os.PathLike | str) -> str:
     """A path as a person would type it: relative to the working directory when inside it."""
     path = Path(path)
