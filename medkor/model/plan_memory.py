@@ -39,8 +39,8 @@ Where the terms come from:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from medkor.model.plan import ModelFacts
 
@@ -254,33 +254,3 @@ def plan_memory(f: ModelFacts, s: RunSetup) -> MemoryPlan:
     return MemoryPlan(weights, gradients, moments, act, act_other, loss, opt, ev, runtime, points,
                       points[peak_at], peak_at, s.device_memory, notes, terms)
 
-
-def advice(f: ModelFacts, s: RunSetup, policies: Sequence[tuple[str, ModelFacts]] = ()) -> list[tuple[str, MemoryPlan]]:
-    """Changes that lower a plan's peak, each with its predicted plan (those that fit first, then the lowest).
-
-    `policies`: (change, facts of the model built that way), e.g. another `trainable` policy.
-    """
-    tries: list[tuple[str, RunSetup]] = []
-    if not s.gradient_checkpointing:
-        tries.append(("model.gradient_checkpointing: true", replace(s, gradient_checkpointing=True)))
-    masked = any(p.policy == "new_embeddings" for p in f.phases)  # its row-mask hook must see the gradient
-    if s.loss_impl == "torch" and s.accumulate > 1 and f.head_trainable and s.strategy == "single" and not masked:
-        tries.append(("model.loss_impl: torch_recompute (no second head-sized gradient while accumulating)",
-                      replace(s, loss_impl="torch_recompute")))
-    batch = s.micro_batch
-    while batch > 1:
-        batch //= 2
-        tries.append((f"data.batch_size: {batch} (raise trainer.accumulate_grad_batches to keep the step)",
-                      replace(s, micro_batch=batch, accumulate=max(s.accumulate, 2))))
-    # configs/strategies/fsdp.yaml checkpoints every decoder layer too
-    if s.strategy != "fsdp" and s.devices > 1:
-        tries.append(("trainer.strategy: FSDP (--config configs/strategies/fsdp.yaml, layers checkpointed)",
-                      replace(s, strategy="fsdp", gradient_checkpointing=True)))
-    if s.strategy != "fsdp" and s.devices == 1 and s.device == "cuda":
-        tries.append(("FSDP over 8 GPUs (--config configs/strategies/fsdp.yaml --trainer.devices 8, "
-                      "layers checkpointed)",
-                      replace(s, strategy="fsdp", devices=8, gradient_checkpointing=True)))
-    out = [(text, plan_memory(f, setup)) for text, setup in tries]
-    out += [(text, plan_memory(other, s)) for text, other in policies]
-    current = plan_memory(f, s).peak
-    return sorted((item for item in out if item[1].peak < current), key=lambda item: (not item[1].fits, item[1].peak))
