@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     rm.add_argument("names", nargs="*", help="Caches to remove (name, prefix or key fragment).")
     rm.add_argument("--older-than", type=float, metavar="DAYS", help="Also remove caches built more than DAYS ago.")
     rm.add_argument("--all", action="store_true", help="Remove every cache in the directory.")
+    rm.add_argument("--stale", action="store_true",
+                    help="Also remove caches whose recorded input files are missing or changed (`ls` marks them stale).")
     rm.add_argument("--dry-run", action="store_true", help="Only print what would be removed.")
     gc = sub.add_parser("gc", allow_abbrev=False,
                         help="Remove tokenized pieces that no cache uses and no running build holds.")
@@ -86,6 +88,9 @@ def _gc(cache_dir: Path, dry_run: bool) -> int:
         print(f"{'would remove' if dry_run else 'removed'} {path} ({_size(size)})")
     print(f"{len(removed)} unused piece(s) {'to remove' if dry_run else 'removed'} "
           f"({_size(sum(size for _, size in removed))}); {kept} in use kept")
+    if kept:
+        print(f"every cache keeps the pieces it was built from, stale ones too: `medkor cache rm --stale {cache_dir}` "
+              f"(or `medkor cache rm {cache_dir} NAME`) removes caches, then gc frees their pieces")
     return 0
 
 
@@ -104,14 +109,15 @@ def _verify(cache_dir: Path, names: list[str]) -> int:
     return 1 if failed else 0
 
 
-def _rm(cache_dir: Path, names: list[str], older_than: float | None, everything: bool, dry_run: bool) -> int:
+def _rm(cache_dir: Path, names: list[str], older_than: float | None, everything: bool, dry_run: bool,
+        stale: bool = False) -> int:
     from medkor.data.inventory import RemoveError, remove_cache, select
 
-    if not (names or older_than is not None or everything):
-        print("medkor cache rm: name caches, or give --older-than DAYS or --all (leftover build folders "
+    if not (names or older_than is not None or everything or stale):
+        print("medkor cache rm: name caches, or give --older-than DAYS, --stale or --all (leftover build folders "
               "are removed in every case)", file=sys.stderr)
     busy = 0
-    chosen = select(cache_dir, names, older_than, everything)
+    chosen = select(cache_dir, names, older_than, everything, stale)
     unmatched = [n for n in names if not any(f.name.startswith(n) or (len(n) >= 6 and n in f.name) for f in chosen)]
     for name in unmatched:
         print(f"medkor cache rm: no cache in {cache_dir} matches {name!r} (see `medkor cache ls {cache_dir}`)",
@@ -147,7 +153,7 @@ def main(argv: list[str]) -> int:
         return _verify(args.cache_dir, args.names)
     if args.action == "gc":
         return _gc(args.cache_dir, args.dry_run)
-    return _rm(args.cache_dir, args.names, args.older_than, args.all, args.dry_run)
+    return _rm(args.cache_dir, args.names, args.older_than, args.all, args.dry_run, args.stale)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from medkor.data.cache import MANIFEST, PIECES_LIST, TMP_PREFIX, TRASH_PREFIX, check_manifest, read_manifest
-from medkor.data.fingerprint import hash_bytes_of
+from medkor.data.fingerprint import FingerprintMemo, hash_bytes_of
 from medkor.data.lock import BuildLock
 from medkor.data.pieces import PieceStore, claimed_keys
 from medkor.data.rows import ROWS_FILE, RowsFile
@@ -69,9 +69,51 @@ def _lock_of(folder: Path) -> BuildLock:
     return BuildLock(folder.parent / f"{name}.lock", what=name)
 
 
+def _memo_entries(cache_dir: Path) -> dict[str, Any]:
+    """The directory's remembered file hashes (`fingerprints.json`): absolute path -> {stat, hash}."""
+    entries = FingerprintMemo(cache_dir).entries
+    return {k[len("file:"):]: v for k, v in entries.items() if k.startswith("file:") and isinstance(v, dict)}
+
+
+def stale_inputs(manifest: dict[str, Any], memo: dict[str, Any]) -> list[str]:
+    """What no longer matches among a cache's recorded input files, from stats only (no hashing, no tokenizer).
+
+    Each recorded file is found where a build hashed it (the directory's fingerprints: the
+    path that ends with `<data_dir>/<name>`). It is missing when that path is gone, and
+    changed when its size differs from the recorded one or a later build hashed the same
+    stat to another content. A file edited in place to the same size and not hashed since
+    cannot be told from its stat, nor can a file no fingerprint names: neither is reported.
+    """
+    data_dir = str(manifest.get("data_dir") or "").rstrip("/")
+    problems = []
+    for info in manifest.get("inputs", {}).get("files", []):
+        name = str(info.get("name", ""))
+        wanted = name if Path(name).is_absolute() else f"{data_dir}/{name}" if data_dir else name
+        if Path(wanted).is_absolute():
+            places = [wanted]
+        else:
+            places = [p for p in memo if p.endswith("/" + wanted.lstrip("./"))]
+        found = []
+        for place in places:
+            try:
+                st = Path(place).stat()
+            except OSError:
+                found.append("missing")
+                continue
+            entry = memo.get(place) or memo.get(str(Path(place).resolve())) or {}
+            now = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+            changed = st.st_size != info.get("size") or (entry.get("stat") == [now] and entry.get("hash") != info.get("xxh3"))
+            found.append("changed" if changed else "current")
+        if found and "current" not in found:
+            problems.append(f"{name} {'missing' if all(f == 'missing' for f in found) else 'changed'}")
+    return problems
+
+
 def list_caches(cache_dir: Path) -> list[dict[str, Any]]:
-    """Every folder in `cache_dir`: published caches with their manifest facts, and leftovers."""
+    """Every folder in `cache_dir`: published caches with their manifest facts (`stale: ...` when an input
+    file they were built from is missing or changed), and leftovers."""
     out: list[dict[str, Any]] = []
+    memo = _memo_entries(cache_dir)
     for folder in _folders(cache_dir):
         entry: dict[str, Any] = {"name": folder.name, "path": str(folder), "bytes": _size(folder)}
         if folder.name.startswith(TMP_PREFIX):
@@ -83,6 +125,9 @@ def list_caches(cache_dir: Path) -> list[dict[str, Any]]:
             entry["state"] = "ok" if problem is None else f"invalid: {problem}"
             if problem is None:
                 manifest = read_manifest(folder)
+                stale = stale_inputs(manifest, memo)
+                if stale:
+                    entry["state"] = "stale: " + ", ".join(stale)
                 entry.update(
                     split=manifest["split"],
                     rows=manifest["rows"],
@@ -241,15 +286,21 @@ def remove_cache(folder: Path, wait: bool = False) -> bool:
             shown = "; ".join(failures[:3]) or "it still exists"
             raise RemoveError(f"{folder}: could not remove it whole ({shown}); what is left is {doomed}: "
                               "fix the permissions and run medkor cache rm again")
+        if not any(f.name != folder.name and key_name(f) == lock.what for f in _folders(folder.parent)):
+            # held here, so no process is inside; one already queued on the unlinked file's flock still
+            # meets the owner file (`.lock.owner`, removed by release), which alone decides who holds the key
+            lock.path.unlink(missing_ok=True)
         return True
     finally:
         lock.release()
 
 
-def select(cache_dir: Path, names: list[str], older_than_days: Optional[float], everything: bool) -> list[Path]:
-    """The folders `medkor cache rm` acts on: named ones (prefixes), old ones, leftovers."""
+def select(cache_dir: Path, names: list[str], older_than_days: Optional[float], everything: bool,
+           stale: bool = False) -> list[Path]:
+    """The folders `medkor cache rm` acts on: named ones (prefixes), old ones, stale ones (`stale_inputs`), leftovers."""
     chosen = []
     now = time.time()
+    memo = _memo_entries(cache_dir) if stale else {}
     for folder in _folders(cache_dir):
         leftover = folder.name.startswith((TMP_PREFIX, TRASH_PREFIX))
         # a name matches as a prefix; a key fragment (6+ characters) anywhere in the name
@@ -258,6 +309,8 @@ def select(cache_dir: Path, names: list[str], older_than_days: Optional[float], 
         if older_than_days is not None and (folder / MANIFEST).is_file():
             old = now - (folder / MANIFEST).stat().st_mtime > older_than_days * 86400
         invalid = not leftover and check_manifest(folder) is not None
+        if stale and not leftover and not invalid and stale_inputs(read_manifest(folder), memo):
+            named = True
         if everything or named or old or leftover or invalid:
             chosen.append(folder)
     return chosen

@@ -98,3 +98,35 @@ def test_cache_commands_never_touch_foreign_folders(tmp_path, data_dir, tokenize
     assert cache_cmd.main(["rm", str(cache_dir), "nosuchcache"]) == 1
     assert "matches 'nosuchcache'" in capsys.readouterr().err
     assert cache_cmd.main(["verify", str(tmp_path / "missing")]) == 2
+
+
+def test_cache_ls_marks_stale_caches_rm_removes_them_with_their_locks(tmp_path, data_dir, tokenizer_dir, capsys):
+    config = _config(tmp_path, data_dir, tokenizer_dir)
+    prepare_cmd.main(["--config", str(config)])
+    cache_dir = data_dir / ".cache"
+    capsys.readouterr()
+
+    def states() -> dict[str, str]:
+        assert cache_cmd.main(["ls", str(cache_dir), "--json"]) == 0
+        return {e["split"]: e["state"] for e in map(json.loads, capsys.readouterr().out.splitlines()) if "split" in e}
+
+    def locks() -> list[str]:
+        return sorted(p.name.split("-")[0] for p in cache_dir.glob("*.lock*"))
+
+    assert states() == {"train": "ok", "validation": "ok"}
+    assert locks() == ["train", "validation"]
+    with (data_dir / "train.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"text": "한 줄 더"}, ensure_ascii=False) + "\n")
+    assert states() == {"train": "stale: train.jsonl changed", "validation": "ok"}
+    assert cache_cmd.main(["gc", str(cache_dir), "--dry-run"]) == 0
+    assert f"medkor cache rm --stale {cache_dir}" in capsys.readouterr().out  # the pieces stay while caches do
+    assert cache_cmd.main(["rm", str(cache_dir), "--stale", "--dry-run"]) == 0
+    assert "would remove" in capsys.readouterr().out and set(states()) == {"train", "validation"}
+    assert cache_cmd.main(["rm", str(cache_dir), "--stale"]) == 0
+    assert "removed" in capsys.readouterr().out and set(states()) == {"validation"}
+    assert locks() == ["validation"]  # the removed cache's lock went with it
+    (data_dir / "validation.jsonl").unlink()
+    assert states() == {"validation": "stale: validation.jsonl missing"}
+    assert cache_cmd.main(["rm", str(cache_dir), "validation"]) == 0
+    capsys.readouterr()
+    assert states() == {} and locks() == []
