@@ -152,6 +152,11 @@ def test_fsdp_options_fit_refuses_are_said(capsys):
     assert "medkor plan: warning: medkor fit refuses this set-up at start: model.trainable: new_embeddings" in err
     report = _json(capsys, "--config", "configs/strategies/fsdp.yaml", "--devices", "2", "--model.trainable", "embeddings")
     assert report["fit_refuses"] is None
+    phases = '[{"policy": "embeddings", "until_step": 10}, {"policy": "lora"}]'
+    assert main([*args, "--model.trainable", phases]) == 0
+    assert "fit refuses this set-up at start: model.trainable: a list of phases" in capsys.readouterr().err
+    report = _json(capsys, "--config", "configs/strategies/fsdp.yaml", "--devices", "2", "--model.torch_dtype", "bfloat16")
+    assert report["fit_refuses"].startswith("model.torch_dtype: bfloat16 cannot be used under FSDP")
 
 
 def test_model_folder_without_tokenizer_files(tmp_path, capsys):

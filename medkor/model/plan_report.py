@@ -78,7 +78,7 @@ def text_lines(f: ModelFacts, s: RunSetup, m: MemoryPlan, tips: list[tuple],
     ]
     for name, value, note in rows:
         lines.append(f"  {name:<17} {gb(value):>12}" + (f"   {note}" if note else ""))
-    lines.append(f"  {'peak':<17} {gb(m.peak):>12}   at {m.peak_at}")
+    lines.append(f"  {'peak':<17} {gb_beside(m.peak, m.device_memory):>12}   at {m.peak_at}")
     lines.append("  moments (each the sum of the terms it holds; the peak is the largest)")
     for moment, parts in m.terms.items():
         lines.append(f"    {moment:<15} {gb(m.moments[moment]):>12} = "
@@ -88,7 +88,7 @@ def text_lines(f: ModelFacts, s: RunSetup, m: MemoryPlan, tips: list[tuple],
     for note in notes + m.notes:
         lines.append(f"  note: {note}")
     if not m.fits:
-        lines.append(f"warning: the predicted peak {gb(m.peak)} exceeds the device's {gb(m.device_memory)}; "
+        lines.append(f"warning: the predicted peak {gb_beside(m.peak, m.device_memory)} exceeds the device's {gb(m.device_memory)}; "
                      "add to the command (each figure is the plan with exactly those options):")
         for text, alt, *_ in tips:
             lines.append(f"  {text}: {gb_beside(alt.peak, alt.device_memory)} "
