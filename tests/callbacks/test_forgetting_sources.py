@@ -56,13 +56,15 @@ def test_a_source_that_is_not_in_the_mixture_is_named():
 
 
 def _mixture_fit(repo_root: Path, tmp: Path, steps: int) -> Path:
-    """A fit of configs/demo/mixture.yaml for `steps` steps logging every 5; its metrics.csv."""
+    """A short fit of configs/demo/mixture.yaml (`steps` steps of 2 rows of 128 tokens, logging every 3); its metrics.csv."""
     from medkor.lightning_cli import run_cli
 
     config = yaml.safe_load((repo_root / "configs/demo/mixture.yaml").read_text(encoding="utf-8"))
     trainer = config["trainer"]
     trainer["logger"][0]["init_args"]["save_dir"] = str(tmp / "logs")
-    trainer.update(max_epochs=1, limit_train_batches=steps, limit_val_batches=1, log_every_n_steps=5)
+    trainer.update(max_epochs=1, limit_train_batches=steps, limit_val_batches=1, log_every_n_steps=3)
+    config["data"].update(batch_size=2, max_length=128)
+    config["data"].pop("val_sets", None)
     trainer["callbacks"] = [c for c in trainer["callbacks"] if not c["class_path"].endswith("ModelCheckpoint")]
     config["data"]["cache_dir"] = str(tmp / "cache")
     config["data"].pop("eval_source", None)
@@ -81,17 +83,17 @@ def test_mixture_metrics_share_train_loss_rows_and_end_with_the_totals(repo_root
     monkeypatch.chdir(repo_root)
     caplog.set_level(logging.INFO)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with open(_mixture_fit(repo_root, tmp_path, steps=12), encoding="utf-8") as handle:
+    with open(_mixture_fit(repo_root, tmp_path, steps=7), encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     mixed = [r for r in rows if r.get("mix/exam/rows")]
     # logged with train/loss: the same step, the same row, the epoch filled
-    assert [int(r["step"]) for r in rows if r.get("train/loss")] == [4, 9]
-    assert [int(r["step"]) for r in mixed] == [4, 9, 11]
+    assert [int(r["step"]) for r in rows if r.get("train/loss")] == [2, 5]
+    assert [int(r["step"]) for r in mixed] == [2, 5, 6]
     assert all(r["epoch"] == "0" for r in mixed)
     assert all(r["train/loss"] for r in mixed[:2])
     names = ("plain_text", "dictionary", "exam")
     total = [sum(float(r[f"mix/{n}/rows"]) for n in names) for r in mixed]
-    assert total == [5 * 8, 10 * 8, 12 * 8]  # batch_size 8: every row of every step, counted once
+    assert total == [3 * 2, 6 * 2, 7 * 2]  # batch_size 2: every row of every step, counted once
     lines = [r.getMessage() for r in caplog.records if "[medkor] mix:" in r.getMessage()]
     assert len(lines) == 3
     for line in lines:  # the printed totals are the last row's
