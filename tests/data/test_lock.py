@@ -179,7 +179,10 @@ def test_a_killed_holder_not_yet_reaped_counts_as_gone(tmp_path):
     child = _hold_in_child(path, 60)
     os.kill(child.pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while not lock_module._zombie(child.pid) and time.monotonic() < deadline:  # dead, its parent (us) not waiting
+    # dead, its parent (us) not waiting; the leader turns Z before its heartbeat thread has
+    # exited and closed the files (and the flock) they share, so wait for that thread too
+    while not (lock_module._zombie(child.pid) and len(os.listdir(f"/proc/{child.pid}/task")) <= 1) \
+            and time.monotonic() < deadline:
         time.sleep(0.01)
     try:
         lock = BuildLock(path, stale_after=3600)

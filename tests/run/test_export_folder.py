@@ -52,13 +52,19 @@ def test_overwrite_replaces_what_the_earlier_export_wrote_and_keeps_other_files(
     assert (out / "config.json").read_text() == "new" and (out / "notes.txt").read_text() == "mine"
 
 
-def test_overwrite_of_an_export_without_marker_removes_only_hugging_face_files(tmp_path):
+def test_overwrite_of_an_output_without_marker_is_refused_and_changes_nothing(tmp_path):
+    # Without a marker nobody can tell an earlier export from a user's own model folder:
+    # Hugging Face file names alone are no proof, so nothing of it is replaced.
     out = tmp_path / "export"
     out.mkdir()
-    for name in ("config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors", "train.py"):
+    names = ("config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors", "train.py")
+    for name in names:
         (out / name).write_text("x")
-    publish_export(_stage(out, {"config.json": "new", "model.safetensors": "w"}), out, overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, "config.json", "model.safetensors", "train.py"])
+    staging = _stage(out, {"config.json": "new", "model.safetensors": "w"})
+    with pytest.raises(ExportFolderError, match="config.json, which medkor export did not write"):
+        publish_export(staging, out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)
+    assert all((out / name).read_text() == "x" for name in names)
 
 
 def test_a_failed_start_folder_is_discarded_but_not_one_with_results(tmp_path):
