@@ -291,12 +291,13 @@ def _build(request: CacheRequest, resolved: Resolved, tokenizer: Any, claims: Ex
     used: list[str] = []
     counts = {"read": 0, "tokenized": 0}
     missing = {ref.key for ref in refs if not store.has(ref.key)}
+    rebuilt: set[str] = set()  # stored pieces found damaged and tokenized again
 
     def pieces():
         for ref, chunk in pieces_in_order(refs, store, _encoder_factory(request, tokenizer), request.num_proc,
-                                          request.piece_bytes):
+                                          request.piece_bytes, rebuilt):
             used.append(ref.key)
-            counts["tokenized" if ref.key in missing else "read"] += 1
+            counts["tokenized" if ref.key in missing or ref.key in rebuilt else "read"] += 1
             missing.discard(ref.key)
             yield ref, chunk
 

@@ -281,13 +281,14 @@ def build_pieces(refs: list[PieceRef], store: PieceStore, make_encoder: Callable
 
 
 def pieces_in_order(refs: list[PieceRef], store: PieceStore, make_encoder: Callable[[], ChunkEncoder],
-                    num_proc: Optional[int], piece_bytes: int = PIECE_BYTES) -> Iterator[tuple[PieceRef, EncodedChunk]]:
+                    num_proc: Optional[int], piece_bytes: int = PIECE_BYTES,
+                    rebuilt: Optional[set[str]] = None) -> Iterator[tuple[PieceRef, EncodedChunk]]:
     """Every piece of `refs` in order: stored ones read (checked), missing ones built on the way.
 
     Missing pieces are built by worker processes just ahead of the reader, so a
     consumer that stops early (`max_samples`) leaves the rest of the corpus untokenized.
     A stored piece that is damaged or vanished (`medkor cache gc` in between) is rebuilt
-    here, with a warning.
+    here, with a warning, and its key added to `rebuilt` (so the build counts it as tokenized).
     """
     missing = _unique_missing(refs, store)
     pending = {ref.key for ref in missing}
@@ -310,6 +311,8 @@ def pieces_in_order(refs: list[PieceRef], store: PieceStore, make_encoder: Calla
                     log.warning("%s; tokenizing %s lines %d.. again", err, ref.path, ref.first_line)
                 encoder = encoder or make_encoder()
                 chunk = PieceBuilder(encoder, store)(ref)  # type: ignore[assignment]
+                if rebuilt is not None:
+                    rebuilt.add(ref.key)
             yield ref, chunk  # type: ignore[misc]
     finally:
         close = getattr(built, "close", None)

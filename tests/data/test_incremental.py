@@ -199,6 +199,8 @@ def test_damaged_piece_is_tokenized_again(tmp_path, tokenizer_dir, warnings_seen
     rebuilt = ensure_cache(request)
     assert rebuilt.status == "built"
     assert any(line.startswith(f"{victim}: damaged piece") for line in warnings_seen)
+    pieces = rebuilt.manifest["pieces"]
+    assert pieces["tokenized"] == 1 and pieces["reused"] == pieces["used"] - 1  # the repair is counted
     assert _rows(request) == want
     store.read(victim.name[: -len(".piece")])  # whole again
 
