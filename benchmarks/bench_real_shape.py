@@ -43,6 +43,9 @@ from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_loss import _status_kib  # noqa: E402  (/proc/self/status, one reader for both benchmarks)
 
 BASE_IDS = 262_144  # Gemma 3's vocabulary; <image_soft_token> makes 262,145 tokens
 EXTENDED_TOKENS = 272_843
@@ -181,14 +184,6 @@ def run_config(workdir: Path, model: Path, tokens: int, trainable: str = "embedd
     path = workdir / f"run-{model.name}-{trainable}.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path
-
-
-def _status_kib(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1])
-    raise KeyError(key)
 
 
 def stage_train(workdir: Path, layers: int, tokens: int, threads: int, trainable: str) -> dict:
