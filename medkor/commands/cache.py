@@ -16,7 +16,7 @@ def _parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", allow_abbrev=False, help="List caches: size, rows, tokens, created, what went into the key.")
     ls.add_argument("cache_dir", type=Path, help="The cache directory (default of a run: <data_dir>/.cache).")
     ls.add_argument("--json", action="store_true", help="One JSON object per cache instead of text.")
-    ls.add_argument("--pieces", action="store_true", help="Also list every tokenized piece and the caches that use it.")
+    ls.add_argument("--pieces", action="store_true", help="Also list every tokenized piece and row segment, and the caches that use it.")
     verify = sub.add_parser("verify", allow_abbrev=False, help="Check manifests against the Arrow files (hashes, rows, tokens).")
     verify.add_argument("cache_dir", type=Path)
     verify.add_argument("names", nargs="*", help="Only these caches (name or prefix).")
@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="Also remove caches whose recorded input files are missing or changed (`ls` marks them stale).")
     rm.add_argument("--dry-run", action="store_true", help="Only print what would be removed.")
     gc = sub.add_parser("gc", allow_abbrev=False,
-                        help="Remove tokenized pieces that no cache uses and no running build holds.")
+                        help="Remove tokenized pieces and row segments that no cache uses and no running build holds.")
     gc.add_argument("cache_dir", type=Path)
     gc.add_argument("--dry-run", action="store_true", help="Only print what would be removed.")
     return parser
@@ -39,25 +39,27 @@ def _size(size: float) -> str:
     return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB"
 
 
-def _ls_pieces(cache_dir: Path, as_json: bool, each: bool) -> None:
-    from medkor.data.inventory import list_pieces
+def _ls_stored(cache_dir: Path, as_json: bool, each: bool) -> None:
+    """One line each for the pieces and the row segments (every one of them with --pieces)."""
+    from medkor.data.inventory import list_stored
 
-    pieces = list_pieces(cache_dir)
-    if as_json:
-        for piece in pieces if each else []:
-            print(json.dumps(piece, ensure_ascii=False))
-        return
-    if not pieces:
-        return
-    unused = [p for p in pieces if not p["used_by"] and not p["claimed"]]
-    users = sorted({name for p in pieces for name in p["used_by"]})
-    print(f"pieces: {len(pieces)} in {cache_dir / '.pieces'} ({_size(sum(p['bytes'] for p in pieces))}), "
-          f"used by {len(users)} cache(s); {sum(p['claimed'] for p in pieces)} held by a running build; "
-          f"{len(unused)} unused ({_size(sum(p['bytes'] for p in unused))})"
-          + (f": `medkor cache gc {cache_dir}` removes them" if unused else ""))
-    for piece in pieces if each else []:
-        where = ", ".join(piece["used_by"]) or ("held by a running build" if piece["claimed"] else "unused")
-        print(f"    {piece['piece']}  {_size(piece['bytes'])}  {where}")
+    for kind, title, folder in (("piece", "pieces", ".pieces"), ("segment", "row segments", ".segments")):
+        stored = list_stored(cache_dir, kind)
+        if as_json:
+            for item in stored if each else []:
+                print(json.dumps(item, ensure_ascii=False))
+            continue
+        if not stored:
+            continue
+        unused = [p for p in stored if not p["used_by"] and not p["claimed"]]
+        users = sorted({name for p in stored for name in p["used_by"]})
+        print(f"{title}: {len(stored)} in {cache_dir / folder} ({_size(sum(p['bytes'] for p in stored))}), "
+              f"used by {len(users)} cache(s); {sum(p['claimed'] for p in stored)} held by a running build; "
+              f"{len(unused)} unused ({_size(sum(p['bytes'] for p in unused))})"
+              + (f": `medkor cache gc {cache_dir}` removes them" if unused else ""))
+        for item in stored if each else []:
+            where = ", ".join(item["used_by"]) or ("held by a running build" if item["claimed"] else "unused")
+            print(f"    {item[kind]}  {_size(item['bytes'])}  {where}")
 
 
 def _ls(cache_dir: Path, as_json: bool, each_piece: bool = False) -> int:
@@ -71,12 +73,13 @@ def _ls(cache_dir: Path, as_json: bool, each_piece: bool = False) -> int:
         print(f"{entry['name']}  {entry['bytes'] / 2**20:.1f} MiB  {entry['state']}")
         if "rows" in entry:
             print(f"    {entry['rows']} rows, {entry['tokens']} tokens, {entry['documents']} documents, "
-                  f"{entry['skipped']} skipped, {entry['pieces']} pieces, created {entry['created']}")
+                  f"{entry['skipped']} skipped, {entry['pieces']} pieces, {entry['segments']} row segments, "
+                  f"created {entry['created']}")
             print(f"    tokenizer {entry['tokenizer_path']}; files {', '.join(entry['files'])}")
             print(f"    {json.dumps(entry['params'], ensure_ascii=False)}")
     if not entries and not as_json:
         print(f"no caches in {cache_dir}")
-    _ls_pieces(cache_dir, as_json, each_piece)
+    _ls_stored(cache_dir, as_json, each_piece)
     return 0
 
 
@@ -86,11 +89,12 @@ def _gc(cache_dir: Path, dry_run: bool) -> int:
     removed, kept = collect_garbage(cache_dir, dry_run)
     for path, size in removed:
         print(f"{'would remove' if dry_run else 'removed'} {path} ({_size(size)})")
-    print(f"{len(removed)} unused piece(s) {'to remove' if dry_run else 'removed'} "
+    print(f"{len(removed)} unused piece(s) and row segment(s) {'to remove' if dry_run else 'removed'} "
           f"({_size(sum(size for _, size in removed))}); {kept} in use kept")
     if kept:
-        print(f"every cache keeps the pieces it was built from, stale ones too: `medkor cache rm --stale {cache_dir}` "
-              f"(or `medkor cache rm {cache_dir} NAME`) removes caches, then gc frees their pieces")
+        print(f"every cache keeps the pieces and row segments it was built from, stale ones too: "
+              f"`medkor cache rm --stale {cache_dir}` (or `medkor cache rm {cache_dir} NAME`) removes caches, "
+              "then gc frees what only they used")
     return 0
 
 
@@ -111,7 +115,7 @@ def _verify(cache_dir: Path, names: list[str]) -> int:
 
 def _rm(cache_dir: Path, names: list[str], older_than: float | None, everything: bool, dry_run: bool,
         stale: bool = False) -> int:
-    from medkor.data.inventory import RemoveError, remove_cache, select
+    from medkor.data.inventory import RemoveError, collect_garbage, remove_cache, select
 
     if not (names or older_than is not None or everything or stale):
         print("medkor cache rm: name caches, or give --older-than DAYS, --stale or --all (leftover build folders "
@@ -139,6 +143,11 @@ def _rm(cache_dir: Path, names: list[str], older_than: float | None, everything:
         else:
             print(f"skipped {folder}: a build of this key is running", file=sys.stderr)
             busy += 1
+    if chosen and not dry_run:  # their rows: the segments no other cache shares (pieces stay, for rebuilds)
+        freed, _ = collect_garbage(cache_dir, kinds=("segment",))
+        if freed:
+            print(f"removed {len(freed)} row segment(s) no other cache uses ({_size(sum(s for _, s in freed))}); "
+                  f"tokenized pieces stay until `medkor cache gc {cache_dir}`")
     return 1 if busy or unmatched or failed else 0
 
 

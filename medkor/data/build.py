@@ -1,14 +1,16 @@
-"""Build the rows of one split into a folder: pieces -> the split's documents -> pack -> Arrow.
+"""Build the rows of one split as row segments: pieces -> the split's documents -> pack -> Arrow.
 
 The pieces come in file order (`pieces.pieces_in_order`: read from the store, or
 tokenized on the way). Here the split's own choices act on them, exactly as on one
 stream of lines: which documents it keeps (`val_fraction`), bad lines (`on_bad_record`),
 examples longer than a row (`on_long_example`), `max_samples` (the first documents in
-file order), then packing. The rows therefore never depend on how the files were cut
-into pieces, which pieces were cached, or how many processes tokenized them.
+file order), then packing. The rows never depend on which pieces or segments were
+cached, or on how many processes tokenized them.
 
-The caller owns the folder (a temporary one inside the cache directory); this module
-knows nothing about keys, locks or publishing.
+Text is packed piece by piece into segments shared between caches (`segments.py`), so
+a build after a change writes only the changed pieces' segments and the tail; a format
+of whole examples is packed in one segment (best-fit decreasing needs every example).
+This module knows nothing about keys of caches, locks or publishing.
 """
 
 from __future__ import annotations
@@ -22,10 +24,15 @@ from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
 from medkor.data.encode import EncodedChunk, OnLongExample
+from medkor.data.key import CacheRequest
 from medkor.data.packing import learned_tokens, packer_for
 from medkor.data.pieces import PieceRef
-from medkor.data.rows import ROWS_FILE, rows_per_batch, write_rows
+from medkor.data.rows import rows_per_batch
+from medkor.data.segments import SegmentStore
 from medkor.data.sources import DataError, ReadStats, Selection, no_records_error
+
+# the pieces of some refs, in order (read from the store or tokenized on the way)
+PieceSource = Callable[[list[PieceRef]], Iterator[tuple[PieceRef, EncodedChunk]]]
 
 
 @dataclass
@@ -41,6 +48,10 @@ class BuildStats:
     long_skipped: int = 0
     long_examples: list[str] = field(default_factory=list)
     max_length: int = 0
+
+    segments_written: int = 0
+    segments_reused: int = 0
+    segments: list[tuple[str, int, str]] = field(default_factory=list)  # (key, rows, content hash), in order
 
     @property
     def fill_rate(self) -> float:
@@ -149,29 +160,49 @@ def split_documents(
             raise no_records_error(path)
 
 
-def build_split(
-    selection: Selection,
-    pieces: Iterable[tuple[PieceRef, EncodedChunk]],
-    folder: Path,
-    max_length: int,
-    packing: bool,
-    split: str,
-    on_long_example: OnLongExample = "error",
-) -> BuildStats:
-    """Select and pack one split's documents from its pieces into `folder/rows.arrow`.
+def finish(stats: BuildStats, read: ReadStats, split: str, selection: Selection, expected: int) -> BuildStats:
+    stats.skipped, stats.skipped_examples = read.skipped, read.skipped_examples
+    stats.long_skipped, stats.long_examples = read.long_skipped, read.long_examples
+    if stats.documents == 0:
+        raise DataError(
+            f"split {split!r} of {', '.join(map(str, selection.files))} has no documents "
+            "(max_samples, val_fraction or skipped records left none)"
+        )
+    if stats.tokens != expected:  # every token of every document must be in the rows
+        raise RuntimeError(f"packing lost tokens: {expected} tokenized, {stats.tokens} written")
+    return stats
 
-    Plain text streams into rows cut at `max_length`; every other format is packed
-    as whole examples (best-fit decreasing), an example longer than a row being an
-    error or skipped (`on_long_example`).
+
+def build_split(request: CacheRequest, refs: list[PieceRef], source: PieceSource, store: SegmentStore,
+                claim: Callable[[list[str]], None], examples_key: str, reuse: bool = True) -> BuildStats:
+    """Pack one split's documents from its pieces into segments of `store`; their list is in `stats.segments`.
+
+    `claim` is told every segment key before it is written or reused (so `medkor cache gc`
+    keeps it); `examples_key` names the one segment of a format of whole examples;
+    `reuse: False` writes every segment again (`overwrite_cache`).
     """
+    if request.selection.spec.examples:
+        return _build_examples(request, source(refs), store, claim, examples_key)
+    from medkor.data.text_rows import build_text  # it builds on this module
+
+    return build_text(request, refs, source, store, claim, reuse)
+
+
+def _build_examples(request: CacheRequest, pieces: Iterable[tuple[PieceRef, EncodedChunk]], store: SegmentStore,
+                    claim: Callable[[list[str]], None], key: str) -> BuildStats:
+    """Every kept example, best-fit decreasing into rows, written as one segment.
+
+    An example longer than a row is an error or skipped (`on_long_example`).
+    """
+    selection, max_length, split = request.selection, request.max_length, request.split
     read = ReadStats()
     stats = BuildStats(max_length=max_length)
-    examples = selection.spec.examples
-    packer = packer_for(examples, max_length, packing)
+    packer = packer_for(True, max_length, request.packing)
     expected = 0
+    claim([key])
     with tqdm(desc=f"Building {split}", unit=" docs") as progress:
-        documents = split_documents(pieces, selection, read, progress.update,
-                                    max_example=max_length if examples else None, on_long_example=on_long_example)
+        documents = split_documents(pieces, selection, read, progress.update, max_example=max_length,
+                                    on_long_example=request.on_long_example)  # type: ignore[arg-type]
 
         def batches():
             nonlocal expected
@@ -186,14 +217,7 @@ def build_split(
                 stats.learned += learned_tokens(batch)
                 yield batch
 
-        stats.rows, stats.tokens = write_rows(folder / ROWS_FILE, batches(), rows_per_batch(max_length))
-    stats.skipped, stats.skipped_examples = read.skipped, read.skipped_examples
-    stats.long_skipped, stats.long_examples = read.long_skipped, read.long_examples
-    if stats.documents == 0:
-        raise DataError(
-            f"split {split!r} of {', '.join(map(str, selection.files))} has no documents "
-            "(max_samples, val_fraction or skipped records left none)"
-        )
-    if stats.tokens != expected:  # every token of every document must be in the rows
-        raise RuntimeError(f"packing lost tokens: {expected} tokenized, {stats.tokens} written")
-    return stats
+        digest, stats.rows, stats.tokens = store.write(key, batches(), None, rows_per_batch(max_length))
+    stats.segments = [(key, stats.rows, digest)]
+    stats.segments_written = 1
+    return finish(stats, read, split, selection, expected)

@@ -1,35 +1,37 @@
-"""The tokenized-data cache: store (pieces -> rows), lock, publish, check, open.
+"""The tokenized-data cache: store (pieces -> row segments), lock, publish, check, open.
 
 A request takes three steps, in this order: its key (`key.resolve`: key inputs, key,
-folder), the store (a hit, or pieces tokenized where missing and assembled into rows
-under the key's lock, then published) and the open (`open_cache`: manifest, rows
-checked, memory-mapped).
+folder), the store (a hit, or pieces tokenized where missing and packed into row
+segments under the key's lock, then published) and the open (`open_cache`: manifest,
+segments checked, memory-mapped).
 
 Layout under `cache_dir`:
-    <split>-<key20>/rows.arrow, pieces.json, manifest.json   a published cache (manifest written last)
+    <split>-<key20>/manifest.json, pieces.json  a published cache: its facts and row segments, in
+                                                order (manifest written last), and its pieces
     <split>-<key20>.lock                        serialises builders of that key
     .<split>-<key20>.partial-<host>-<pid>-<rand>/  a build in progress (or a dead one's, swept)
     .trash-<split>-<key20>-rm/                  a cache `medkor cache rm` is removing
     .pieces/                                    tokenized pieces by content (see pieces.py)
+    .segments/                                  packed rows of pieces, shared by caches (see segments.py)
     fingerprints.json                           remembered content hashes (see fingerprint.py)
 
 A folder at a published name only ever appears by publishing a finished staging
 folder whose manifest was written and synced last (`medkor.run.publish.publish_folder`:
 one rename, or one atomic exchange with a damaged or overwritten cache), so a build killed at any moment
-leaves nothing that can be taken for a cache, and the previous caches and pieces stay usable.
+leaves nothing that can be taken for a cache, and the previous caches, pieces and segments
+stay usable (segments are written whole and synced before a manifest names them).
 
-Checked as read: a process that finds or opens a cache compares the rows file's
-content hash with its manifest. The hash is remembered with the file's (device,
-inode, size, mtime, ctime), as data files' hashes are, so it is computed once per
-change of the file: any write to it (flipped ids, same size) moves its ctime and is
-found before a row is read, while a warm start only stats the file.
+Checked as read: a process that finds or opens a cache compares each segment's content
+hash with its manifest. The hash is remembered with the file's (device, inode, size,
+mtime, ctime), as data files' hashes are, so it is computed once per change of the
+file: any write to it (flipped ids, same size) moves its ctime and is found before a
+row is read, while a warm start only stats the segments.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import mmap
 import os
 import shutil
 import time
@@ -38,8 +40,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
-
-import xxhash
 
 from medkor.data.build import build_split, special_ids, whole_documents
 from medkor.data.encode import ChunkEncoder
@@ -50,7 +50,8 @@ from medkor.data.key import (  # noqa: F401  (re-exported: the names callers kno
 )
 from medkor.data.lock import DEFAULT_TIMEOUT, BuildLock, LockTimeout
 from medkor.data.pieces import Claim, PieceRef, PieceStore, build_pieces, pieces_in_order, plan_pieces
-from medkor.data.rows import ROWS_FILE, RowsFile, unreadable
+from medkor.data.rows import CacheRows, unreadable
+from medkor.data.segments import SegmentStore
 from medkor.run.atomic import human_size
 from medkor.run.publish import OLD_MARK, STAGING_MARK, discard, publish_folder, staging_for, sweep_leftovers
 
@@ -119,8 +120,8 @@ def check_manifest(folder: Path, key: Optional[str] = None) -> Optional[str]:
             return f"{path} is missing"
         if path.stat().st_size != info.get("size"):
             return f"{path} has {path.stat().st_size} bytes, manifest says {info.get('size')}"
-    if ROWS_FILE not in manifest.get("files", {}):
-        return f"manifest lists no {ROWS_FILE}"
+    if not isinstance(manifest.get("segments"), list):
+        return f"{folder / MANIFEST} lists no row segments"
     return None
 
 
@@ -206,53 +207,29 @@ def _check_disk(request: CacheRequest) -> None:
         )
 
 
-def _stat_of(path: Path) -> list[int]:
-    st = path.stat()
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-
-
-def hash_mapped(path: Path) -> str:
-    """xxh3-128 of a file's bytes (as `hash_bytes_of`), hashed in place through a read-only mapping:
-    no copy of a rows file of hundreds of MB into fresh memory."""
-    with open(path, "rb") as handle:
-        if not os.fstat(handle.fileno()).st_size:
-            return hash_bytes_of(path)
-        populate = getattr(mmap, "MAP_POPULATE", 0)  # Linux: map every page at once, not one fault each
-        with mmap.mmap(handle.fileno(), 0, flags=mmap.MAP_SHARED | populate, prot=mmap.PROT_READ) as mapped:
-            return xxhash.xxh3_128_hexdigest(mapped)
-
-
-def _rows_memo_name(folder: Path) -> str:
-    return f"rows:{(folder / ROWS_FILE).resolve()}"
+def segment_paths(folder: Path, manifest: dict[str, Any]) -> list[tuple[Path, int]]:
+    """(segment file, rows taken) of a cache, in row order."""
+    store = SegmentStore(folder.parent)
+    return [(store.path(key), int(rows)) for key, rows, _ in manifest["segments"]]
 
 
 def check_rows(folder: Path, manifest: dict[str, Any], memo: FingerprintMemo) -> Optional[str]:
-    """Why the rows file differs from what was built, or None. Hashes it only when its stat changed."""
-    path = folder / ROWS_FILE
-    expected = manifest["files"][ROWS_FILE].get("xxh3")
-    digest = memo.content_hash(_rows_memo_name(folder), [path], lambda: hash_mapped(path))
-    if digest == expected:
-        return None
-    return f"{path} was changed or damaged after it was built (content hash {digest[:16]}, manifest {str(expected)[:16]})"
+    """Why a segment of the cache differs from what was built, or None. Hashes one only when its stat
+    changed since it was written or last found good."""
+    store = SegmentStore(folder.parent, memo)
+    for key, _, digest in manifest["segments"]:
+        reason = store.check(key, digest)
+        if reason is not None:
+            return reason
+    return None
 
 
 def check_cache(folder: Path, key: Optional[str], memo: FingerprintMemo) -> Optional[str]:
-    """Why `folder` is not a usable cache for `key`, or None: manifest, file sizes, rows content."""
+    """Why `folder` is not a usable cache for `key`, or None: manifest, file sizes, segments' content."""
     reason = check_manifest(folder, key)
     if reason is not None:
         return reason
     return check_rows(folder, read_manifest(folder), memo)
-
-
-def _remember_built(memo: FingerprintMemo, tmp: Path, final: Path, digest: str) -> None:
-    """Record the hash just computed of a rows file this build wrote, under its published name.
-
-    A file in a build's private folder cannot have been written by anyone else since,
-    so the racy-window rule of data files does not apply; the stat (inode, ctime) is
-    unchanged by the folder's rename.
-    """
-    memo.entries[_rows_memo_name(final)] = {"stat": [_stat_of(tmp / ROWS_FILE)], "hash": digest}
-    memo.dirty = True
 
 
 @dataclass
@@ -279,36 +256,35 @@ def _build(request: CacheRequest, resolved: Resolved, tokenizer: Any, claims: Ex
            memo: FingerprintMemo) -> tuple[Path, dict[str, Any]]:
     """Build into a temporary folder next to the final one; returns (folder, manifest), not yet published.
 
-    The pieces it uses stay claimed (`claims`) until the caller has published.
+    The pieces and segments it uses stay claimed (`claims`) until the caller has published.
     """
     final = resolved.folder
     store = PieceStore(request.cache_dir)
+    segments = SegmentStore(request.cache_dir, memo)
     store.remove_stale_temporaries()
+    segments.remove_stale_temporaries()
     refs = plan_pieces(request, resolved, store)
     claims.enter_context(Claim(store, final.name, [ref.key for ref in refs]))
+    segment_claim = claims.enter_context(Claim(segments, final.name, []))
     tmp = staging_for(final)  # .<name>.partial-<host>-<pid>-<rand>: whose it is, for the sweep
     start = time.perf_counter()
-    used: list[str] = []
     counts = {"read": 0, "tokenized": 0}
     missing = {ref.key for ref in refs if not store.has(ref.key)}
     rebuilt: set[str] = set()  # stored pieces found damaged and tokenized again
 
-    def pieces():
-        for ref, chunk in pieces_in_order(refs, store, _encoder_factory(request, tokenizer), request.num_proc,
+    def source(wanted: list[PieceRef]):
+        for ref, chunk in pieces_in_order(wanted, store, _encoder_factory(request, tokenizer), request.num_proc,
                                           request.piece_bytes, rebuilt):
-            used.append(ref.key)
             counts["tokenized" if ref.key in missing or ref.key in rebuilt else "read"] += 1
             missing.discard(ref.key)
             yield ref, chunk
 
     try:
-        stats = build_split(request.selection, pieces(), tmp, request.max_length, request.packing, request.split,
-                            request.on_long_example)  # type: ignore[arg-type]
+        stats = build_split(request, refs, source, segments, segment_claim.add, examples_key=resolved.key[:32],
+                            reuse=not request.overwrite)
         bos, eos, pad = special_ids(tokenizer)
-        rows_path = tmp / ROWS_FILE
-        _fsync_file(rows_path)
-        digest = hash_mapped(rows_path)
-        (tmp / PIECES_LIST).write_text(json.dumps(list(dict.fromkeys(used))), encoding="utf-8")
+        used = list(dict.fromkeys(ref.key for ref in refs))
+        (tmp / PIECES_LIST).write_text(json.dumps(used), encoding="utf-8")
         manifest = {
             "version": CACHE_VERSION,
             "key": resolved.key,
@@ -330,9 +306,11 @@ def _build(request: CacheRequest, resolved: Resolved, tokenizer: Any, claims: Ex
             "bos_token_id": bos,
             "eos_token_id": eos,
             "pad_token_id": pad,
-            "pieces": {"used": len(set(used)), "tokenized": counts["tokenized"], "reused": counts["read"]},
+            "pieces": {"used": len(used), "tokenized": counts["tokenized"],
+                       "reused": len(used) - counts["tokenized"]},
+            "segments_built": {"written": stats.segments_written, "reused": stats.segments_reused},
+            "segments": [[key, rows, digest] for key, rows, digest in stats.segments],
             "files": {
-                ROWS_FILE: {"size": rows_path.stat().st_size, "xxh3": digest},
                 PIECES_LIST: {"size": (tmp / PIECES_LIST).stat().st_size, "xxh3": hash_bytes_of(tmp / PIECES_LIST)},
             },
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -343,8 +321,8 @@ def _build(request: CacheRequest, resolved: Resolved, tokenizer: Any, claims: Ex
         _fsync_file(manifest_tmp)
         os.rename(manifest_tmp, tmp / MANIFEST)  # the manifest appears last, whole
         _fsync_dir(tmp)
-        _remember_built(memo, tmp, final, digest)
-        log.info("%s: pieces: %d tokenized, %d reused", request.split, counts["tokenized"], counts["read"])
+        log.info("%s: pieces: %d tokenized, %d reused; row segments: %d written, %d reused", request.split,
+                 counts["tokenized"], len(used) - counts["tokenized"], stats.segments_written, stats.segments_reused)
         if stats.skipped:
             log.warning(
                 "%s: skipped %d bad records (on_bad_record: skip), e.g. %s",
@@ -537,7 +515,7 @@ def build_pieces_for(requests: list[CacheRequest], only: Optional[Callable[[int]
     return count
 
 
-def open_cache(request: CacheRequest) -> tuple[RowsFile, dict[str, Any]]:
+def open_cache(request: CacheRequest) -> tuple[CacheRows, dict[str, Any]]:
     """Check the manifest and the rows' content and memory-map the rows; never tokenizes (for `setup`).
 
     The rows' content hash is only computed when the file changed since it was last
@@ -551,7 +529,8 @@ def open_cache(request: CacheRequest) -> tuple[RowsFile, dict[str, Any]]:
         reason = check_rows(final, read_manifest(final), memo)
         if reason is not None:
             save_quietly(memo)
-            raise unreadable(final / ROWS_FILE, reason.split(" (content hash")[0].removeprefix(f"{final / ROWS_FILE} "))
+            path = Path(reason.split(" ", 1)[0])
+            raise unreadable(path, reason.split(" (content hash")[0].removeprefix(f"{path} "), final)
     save_quietly(memo)
     if reason is not None:
         why = reason if final.exists() else explain_miss(Path(request.cache_dir), resolved.inputs)
@@ -560,7 +539,7 @@ def open_cache(request: CacheRequest) -> tuple[RowsFile, dict[str, Any]]:
             "or let prepare_data build it"
         )
     manifest = read_manifest(final)
-    rows = RowsFile(final / ROWS_FILE)
+    rows = CacheRows(segment_paths(final, manifest), final)
     if len(rows) != manifest["rows"]:
         raise CacheError(f"{final}: {len(rows)} rows on disk, manifest says {manifest['rows']}; remove the folder")
     log.info("loaded %s cache %s: %d rows, %d tokens (memory-mapped)", request.split, final, len(rows), manifest["tokens"])

@@ -1,4 +1,4 @@
-"""Operations on a cache directory: list, verify, remove, collect unused pieces (behind `medkor cache`)."""
+"""Operations on a cache directory: list, verify, remove, collect unused pieces and segments (behind `medkor cache`)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,14 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from medkor.data.cache import MANIFEST, PIECES_LIST, TMP_PREFIX, TRASH_PREFIX, check_manifest, read_manifest
+from medkor.data.cache import (
+    MANIFEST, PIECES_LIST, TMP_PREFIX, TRASH_PREFIX, check_manifest, read_manifest, segment_paths,
+)
 from medkor.data.fingerprint import FingerprintMemo, hash_bytes_of
 from medkor.data.lock import BuildLock
-from medkor.data.pieces import PieceStore, claimed_keys
-from medkor.data.rows import ROWS_FILE, RowsFile
+from medkor.data.pieces import ContentStore, PieceStore, claimed_keys
+from medkor.data.rows import CacheRows
+from medkor.data.segments import SegmentStore
 
 
 # what medkor itself creates in a cache directory: <split>-<key20>, .tmp-<split>-<key20>-..., .trash-...;
@@ -61,7 +64,13 @@ def _folders(cache_dir: Path) -> list[Path]:
 
 
 def _size(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    """Bytes of the folder and of the row segments its manifest lists (a segment two caches share counts in both)."""
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    try:
+        paths = [path for path, _ in segment_paths(folder, read_manifest(folder))]
+    except (OSError, ValueError, KeyError, TypeError):
+        return size
+    return size + sum(path.stat().st_size for path in paths if path.is_file())
 
 
 def _lock_of(folder: Path) -> BuildLock:
@@ -140,6 +149,7 @@ def list_caches(cache_dir: Path) -> list[dict[str, Any]]:
                     files=[f"{f['name']} ({f['size']} B)" for f in manifest["inputs"]["files"]],
                     params=manifest["inputs"]["params"],
                     pieces=len(cache_pieces(folder)),
+                    segments=len(manifest["segments"]),
                 )
         out.append(entry)
     return out
@@ -153,21 +163,45 @@ def cache_pieces(folder: Path) -> list[str]:
         return []
 
 
-def piece_users(cache_dir: Path) -> dict[str, list[str]]:
-    """Piece key -> the published caches that use it."""
-    users: dict[str, list[str]] = {}
+def _published_manifests(cache_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
+    out = []
     for folder in _folders(cache_dir):
         if folder.name.startswith((TMP_PREFIX, TRASH_PREFIX)) or check_manifest(folder) is not None:
             continue
+        try:
+            out.append((folder, read_manifest(folder)))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def piece_users(cache_dir: Path) -> dict[str, list[str]]:
+    """Piece key -> the published caches that use it."""
+    users: dict[str, list[str]] = {}
+    for folder, _ in _published_manifests(cache_dir):
         for key in cache_pieces(folder):
             users.setdefault(key, []).append(folder.name)
     return users
 
 
-def list_pieces(cache_dir: Path) -> list[dict[str, Any]]:
-    """Every stored piece: key, bytes, and which caches use it (claimed: a live build holds it)."""
-    store = PieceStore(cache_dir)
-    users = piece_users(cache_dir)
+def segment_users(cache_dir: Path) -> dict[str, list[str]]:
+    """Row segment key -> the published caches whose rows it holds."""
+    users: dict[str, list[str]] = {}
+    for folder, manifest in _published_manifests(cache_dir):
+        for key, *_ in manifest["segments"]:
+            if folder.name not in users.setdefault(key, []):
+                users[key].append(folder.name)
+    return users
+
+
+def _stores(cache_dir: Path) -> list[tuple[str, ContentStore, dict[str, list[str]]]]:
+    return [("piece", PieceStore(cache_dir), piece_users(cache_dir)),
+            ("segment", SegmentStore(cache_dir), segment_users(cache_dir))]
+
+
+def list_stored(cache_dir: Path, kind: str = "piece") -> list[dict[str, Any]]:
+    """Every stored piece (or row segment): key, bytes, and which caches use it (claimed: a live build holds it)."""
+    store, users = next((store, users) for name, store, users in _stores(cache_dir) if name == kind)
     claimed = claimed_keys(store)
     out = []
     for key in store.keys():
@@ -175,40 +209,52 @@ def list_pieces(cache_dir: Path) -> list[dict[str, Any]]:
             size = store.path(key).stat().st_size
         except FileNotFoundError:
             continue
-        out.append({"piece": key, "bytes": size, "used_by": users.get(key, []), "claimed": key in claimed})
+        out.append({kind: key, "bytes": size, "used_by": users.get(key, []), "claimed": key in claimed})
     return out
 
 
-def collect_garbage(cache_dir: Path, dry_run: bool = False) -> tuple[list[tuple[Path, int]], int]:
-    """Remove the pieces no published cache uses and no live build has claimed; ([(path, bytes)], kept).
+def list_pieces(cache_dir: Path) -> list[dict[str, Any]]:
+    """Every stored piece: key, bytes, and which caches use it (claimed: a live build holds it)."""
+    return list_stored(cache_dir, "piece")
 
-    Runs under the store's own lock, so two collections never race; a build that starts
-    meanwhile and finds one of its pieces gone tokenizes it again (never a wrong row).
-    Temporary pieces of killed writers (over an hour old) go too.
+
+def collect_garbage(cache_dir: Path, dry_run: bool = False,
+                    kinds: tuple[str, ...] = ("piece", "segment")) -> tuple[list[tuple[Path, int]], int]:
+    """Remove the pieces and row segments (`kinds`) no published cache uses and no live build has
+    claimed; ([(path, bytes)], kept).
+
+    Runs under the pieces' own lock, so two collections never race; a build that starts
+    meanwhile and finds a piece or segment gone tokenizes or packs it again (never a wrong row).
+    Temporary files of killed writers (over an hour old) go too.
     """
-    store = PieceStore(cache_dir)
-    if not store.root.is_dir():
+    pieces = PieceStore(cache_dir)
+    if not pieces.root.is_dir() and not SegmentStore(cache_dir).root.is_dir():
         return [], 0
     removed: list[tuple[Path, int]] = []
-    with BuildLock(store.root / "gc.lock", what="medkor cache gc"):
-        keep = set(piece_users(cache_dir)) | claimed_keys(store)
-        kept = 0
-        for key in store.keys():
-            if key in keep:
-                kept += 1
+    kept = 0
+    pieces.root.mkdir(parents=True, exist_ok=True)
+    with BuildLock(pieces.root / "gc.lock", what="medkor cache gc"):
+        for kind, store, users in _stores(cache_dir):
+            if kind not in kinds:
                 continue
-            path = store.path(key)
-            try:
-                size = path.stat().st_size
-                if not dry_run:
-                    path.unlink()
-            except FileNotFoundError:
-                continue
-            removed.append((path, size))
-        if not dry_run:
-            removed += [(p, 0) for p in store.remove_stale_temporaries()]
+            keep = set(users) | claimed_keys(store)
+            for key in store.keys():
+                if key in keep:
+                    kept += 1
+                    continue
+                path = store.path(key)
+                try:
+                    size = path.stat().st_size
+                    if not dry_run:
+                        path.unlink()
+                except FileNotFoundError:
+                    continue
+                removed.append((path, size))
+            if not dry_run:
+                removed += [(p, 0) for p in store.remove_stale_temporaries()]
+        if not dry_run and "piece" in kinds:
             files = _file_hashes(cache_dir)
-            for plan in store.plans():  # the cuts of file versions no cache was built from
+            for plan in pieces.plans():  # the cuts of file versions no cache was built from
                 if plan.name.split("-")[0] not in files:
                     plan.unlink(missing_ok=True)
     return removed, kept
@@ -217,18 +263,16 @@ def collect_garbage(cache_dir: Path, dry_run: bool = False) -> tuple[list[tuple[
 def _file_hashes(cache_dir: Path) -> set[str]:
     """Content hashes (first 32 hex) of the data files the published caches were built from."""
     hashes = set()
-    for folder in _folders(cache_dir):
-        if folder.name.startswith((TMP_PREFIX, TRASH_PREFIX)) or check_manifest(folder) is not None:
-            continue
+    for _, manifest in _published_manifests(cache_dir):
         try:
-            hashes.update(f["xxh3"][:32] for f in read_manifest(folder)["inputs"]["files"])
-        except (OSError, ValueError, KeyError):
+            hashes.update(f["xxh3"][:32] for f in manifest["inputs"]["files"])
+        except (KeyError, TypeError):
             continue
     return hashes
 
 
 def verify_cache(folder: Path) -> list[str]:
-    """Full check of one cache: manifest, file sizes and hashes, row and token counts."""
+    """Full check of one cache: manifest, file sizes and hashes, every segment's hash, row and token counts."""
     problem = check_manifest(folder)
     if problem is not None:
         return [problem]
@@ -238,17 +282,25 @@ def verify_cache(folder: Path) -> list[str]:
         digest = hash_bytes_of(folder / name)
         if digest != info.get("xxh3"):
             problems.append(f"{folder / name}: content hash {digest} != manifest {info.get('xxh3')}")
+    segments = segment_paths(folder, manifest)
+    for (path, _), (_, _, expected) in zip(segments, manifest["segments"]):
+        if not path.is_file():
+            problems.append(f"{path}: row segment missing")
+            continue
+        digest = hash_bytes_of(path)
+        if digest != expected:
+            problems.append(f"{path}: content hash {digest} != manifest {expected}")
     if problems:
         return problems
     try:
-        rows = RowsFile(folder / ROWS_FILE)
-    except Exception as err:  # any Arrow error means the file is unusable
-        return [f"{folder / ROWS_FILE}: unreadable ({err})"]
+        rows = CacheRows(segments, folder)
+        lengths = rows.row_lengths()
+    except Exception as err:  # any Arrow error means a segment is unusable
+        return [f"{folder}: a row segment is unreadable ({err})"]
     if len(rows) != manifest["rows"]:
-        problems.append(f"{len(rows)} rows in {ROWS_FILE}, manifest says {manifest['rows']}")
-    if rows.token_count() != manifest["tokens"]:
-        problems.append(f"{rows.token_count()} tokens in {ROWS_FILE}, manifest says {manifest['tokens']}")
-    lengths = rows.row_lengths()
+        problems.append(f"{len(rows)} rows in the segments, manifest says {manifest['rows']}")
+    if int(lengths.sum()) != manifest["tokens"]:
+        problems.append(f"{int(lengths.sum())} tokens in the segments, manifest says {manifest['tokens']}")
     if len(lengths) and (lengths.max() > manifest["max_length"] or lengths.min() < 1):
         problems.append(f"row lengths outside 1..{manifest['max_length']}")
     if manifest.get("packing") and len(lengths) > 1 and (lengths[:-1] != manifest["max_length"]).any():

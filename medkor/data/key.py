@@ -22,7 +22,7 @@ from typing import Any, Callable, NamedTuple, Optional
 from medkor.data.fingerprint import FingerprintMemo, file_fingerprints, hash_text, tokenizer_fingerprint
 from medkor.data.sources import Selection, check_file
 
-CACHE_VERSION = 4  # 4: rows assembled from content-keyed pieces; rows verified as read
+CACHE_VERSION = 5  # 5: rows in row segments, one per piece and a tail, shared by caches
 PIECE_VERSION = 1  # bump when a piece's layout or what it holds changes
 PIECE_BYTES = 1 << 20  # average bytes of JSONL lines per piece (content-defined cuts)
 
@@ -45,7 +45,7 @@ class CacheRequest:
     num_proc: Optional[int] = None
     overwrite: bool = False
     on_long_example: str = "error"  # formats with examples: one longer than a row is an error or skipped
-    piece_bytes: int = PIECE_BYTES  # how finely files are cut into pieces; never changes the rows
+    piece_bytes: int = PIECE_BYTES  # how finely files are cut into pieces (packed text: where rows break)
     lock_timeout: Optional[float] = None  # seconds to wait for another builder of the key (None: the lock's default)
 
 
@@ -95,7 +95,8 @@ def key_inputs(request: CacheRequest, memo: FingerprintMemo, load_tokenizer: Cal
             "from_train": sel.val_fraction > 0,
             "seed": sel.seed,
             "on_bad_record": sel.on_bad_record,
-            **({"on_long_example": request.on_long_example} if sel.spec.examples else {}),
+            # packed text is packed piece by piece: the cuts decide where rows break
+            **({"on_long_example": request.on_long_example} if sel.spec.examples else {"piece_bytes": request.piece_bytes}),
         },
     }
 

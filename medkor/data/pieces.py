@@ -99,14 +99,18 @@ def cut_file(path: Path, piece_bytes: int) -> tuple[list[tuple[int, int, int, st
     return cuts, whole.hexdigest()
 
 
-class PieceStore:
-    """The pieces of one cache directory."""
+class ContentStore:
+    """Files named by their content key in one hidden folder of a cache directory, written whole
+    (temporary name, then rename); pieces and row segments are two such stores."""
+
+    folder = PIECES_DIR
+    suffix = PIECE_SUFFIX
 
     def __init__(self, cache_dir: Path) -> None:
-        self.root = Path(cache_dir) / PIECES_DIR
+        self.root = Path(cache_dir) / self.folder
 
     def path(self, key: str) -> Path:
-        return self.root / f"{key}{PIECE_SUFFIX}"
+        return self.root / f"{key}{self.suffix}"
 
     def has(self, key: str) -> bool:
         return self.path(key).is_file()
@@ -114,8 +118,37 @@ class PieceStore:
     def keys(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name[: -len(PIECE_SUFFIX)] for p in self.root.iterdir()
-                      if p.name.endswith(PIECE_SUFFIX) and not p.name.startswith("."))
+        return sorted(p.name[: -len(self.suffix)] for p in self.root.iterdir()
+                      if p.name.endswith(self.suffix) and not p.name.startswith("."))
+
+    def temporary(self, key: str) -> Path:
+        """A private name to write `key` under before renaming it into place (whose it is, for the sweep)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return self.root / f"{TMP_PREFIX}{key}-{host_tag()}-{os.getpid()}-{secrets.token_hex(4)}"
+
+    def remove_stale_temporaries(self, older_than: float = STALE_TMP_SECONDS) -> list[Path]:
+        """Temporary files a killed writer left: its process is gone from this host, or the file is
+        so old that no live writer owns it."""
+        removed = []
+        if not self.root.is_dir():
+            return removed
+        now = time.time()
+        for path in self.root.iterdir():
+            if not (path.name.startswith(TMP_PREFIX) and path.is_file()):
+                continue
+            parts = path.name.rsplit("-", 3)  # .tmp-<key>-<host>-<pid>-<rand>
+            dead = len(parts) == 4 and parts[2].isdigit() and not writer_alive(parts[1], int(parts[2]))
+            try:
+                if dead or now - path.stat().st_mtime > older_than:
+                    path.unlink()
+                    removed.append(path)
+            except FileNotFoundError:
+                pass
+        return removed
+
+
+class PieceStore(ContentStore):
+    """The pieces of one cache directory."""
 
     # --- cuts of a file, remembered by content -------------------------------------------------
     def cuts(self, path: Path, content_hash: str, piece_bytes: int) -> list[tuple[int, int, int, str]]:
@@ -152,9 +185,8 @@ class PieceStore:
             "xxh3": xxhash.xxh3_64_hexdigest(payload),
         }, ensure_ascii=False).encode("utf-8")
         header += b" " * (-(_HEADER.size + len(header)) % 8)
-        self.root.mkdir(parents=True, exist_ok=True)
         final = self.path(key)
-        tmp = self.root / f"{TMP_PREFIX}{key}-{host_tag()}-{os.getpid()}-{secrets.token_hex(4)}"
+        tmp = self.temporary(key)
         try:
             with open(tmp, "wb") as handle:
                 handle.write(_HEADER.pack(MAGIC, len(header)))
@@ -193,26 +225,6 @@ class PieceStore:
         problems = [(int(line), str(text)) for line, text in header["problems"]]
         return EncodedChunk(arrays["values"], arrays["lengths"], arrays["lines"], int(header["records"]), problems,
                             arrays.get("ignored"), arrays.get("draws"))
-
-    def remove_stale_temporaries(self, older_than: float = STALE_TMP_SECONDS) -> list[Path]:
-        """Temporary piece files a killed writer left: its process is gone from this host, or the file is
-        so old that no live writer owns it."""
-        removed = []
-        if not self.root.is_dir():
-            return removed
-        now = time.time()
-        for path in self.root.iterdir():
-            if not (path.name.startswith(TMP_PREFIX) and path.is_file()):
-                continue
-            parts = path.name.rsplit("-", 3)  # .tmp-<key>-<host>-<pid>-<rand>
-            dead = len(parts) == 4 and parts[2].isdigit() and not writer_alive(parts[1], int(parts[2]))
-            try:
-                if dead or now - path.stat().st_mtime > older_than:
-                    path.unlink()
-                    removed.append(path)
-            except FileNotFoundError:
-                pass
-        return removed
 
     def plans(self) -> list[Path]:
         folder = self.root / "plans"
@@ -324,7 +336,7 @@ def pieces_in_order(refs: list[PieceRef], store: PieceStore, make_encoder: Calla
 class Claim:
     """While held, `medkor cache gc` keeps `keys` (a lock file shows the claim is live)."""
 
-    def __init__(self, store: PieceStore, name: str, keys: Iterable[str]) -> None:
+    def __init__(self, store: ContentStore, name: str, keys: Iterable[str]) -> None:
         self.folder = store.root / "claims"
         self.stem = f"{name}-{host_tag()}-{os.getpid()}-{secrets.token_hex(4)}"
         self.keys = sorted(set(keys))
@@ -334,8 +346,18 @@ class Claim:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.lock = BuildLock(self.folder / f"{self.stem}.lock", what=f"pieces of {self.stem}")
         self.lock.acquire()
-        atomic_write_text(self.folder / f"{self.stem}.json", json.dumps({"keys": self.keys}), what="piece claim")
+        self._write()
         return self
+
+    def add(self, keys: Iterable[str]) -> None:
+        """Claim more keys (before writing or reusing them, so a collection in between keeps them)."""
+        new = set(keys) - set(self.keys)
+        if new:
+            self.keys = sorted(set(self.keys) | new)
+            self._write()
+
+    def _write(self) -> None:
+        atomic_write_text(self.folder / f"{self.stem}.json", json.dumps({"keys": self.keys}), what="claim")
 
     def __exit__(self, *exc: Any) -> None:
         (self.folder / f"{self.stem}.json").unlink(missing_ok=True)
@@ -344,7 +366,7 @@ class Claim:
             self.lock.path.unlink(missing_ok=True)
 
 
-def claimed_keys(store: PieceStore) -> set[str]:
+def claimed_keys(store: ContentStore) -> set[str]:
     """Piece keys of live claims; claims whose builder is gone are removed."""
     folder = store.root / "claims"
     keys: set[str] = set()

@@ -10,6 +10,8 @@ file reads its footer and last batch only, however large the corpus.
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -79,11 +81,12 @@ def _column(parts: list[tuple[np.ndarray, np.ndarray]], name: str, reused: _Reus
     return pa.ListArray.from_arrays(_int32(offsets), _int32(values))
 
 
-def write_rows(path: Path, batches: Iterable[Rows], per_batch: int) -> tuple[int, int]:
+def write_rows(path: Path, batches: Iterable[Rows], per_batch: int,
+               metadata: Optional[dict[bytes, bytes]] = None) -> tuple[int, int]:
     """Write row batches to `path` in record batches of exactly `per_batch` rows
-    (the last may hold fewer); returns (rows, tokens)."""
+    (the last may hold fewer), `metadata` added to the schema's; returns (rows, tokens)."""
     rows = tokens = 0
-    schema = SCHEMA.with_metadata({ROWS_PER_BATCH_KEY: str(per_batch).encode()})
+    schema = SCHEMA.with_metadata({**(metadata or {}), ROWS_PER_BATCH_KEY: str(per_batch).encode()})
     pending: list[list[tuple[np.ndarray, np.ndarray]]] = []  # per part: its three columns
     pending_rows = 0
     reused = _Reused()
@@ -128,13 +131,14 @@ class RowsFileError(DataError):
     """A rows file that cannot be read (damaged, truncated, another layout); the message says what to run."""
 
 
-def unreadable(path: Path, problem: object) -> RowsFileError:
+def unreadable(path: Path, problem: object, cache: Optional[Path] = None) -> RowsFileError:
     """The one-line error for a rows file that cannot be used, with the commands that repair its cache.
 
-    A published cache is `CACHE_DIR/<split>-<key>/rows.arrow`: `medkor cache` takes the folder's
-    parent and name, and `medkor prepare` builds the removed cache again.
+    `cache` is the published cache folder (`CACHE_DIR/<split>-<key>`) whose rows these are
+    (default: the file's folder): `medkor cache` takes its parent and name, and
+    `medkor prepare` builds the removed cache again.
     """
-    folder = path.parent
+    folder = Path(cache) if cache is not None else path.parent
     return RowsFileError(
         f"{path}: cannot read this cache rows file ({' '.join(str(problem).split())}); "
         f"`medkor cache verify {folder.parent} {folder.name}` shows the damage, "
@@ -160,28 +164,29 @@ def _view(array: pa.Array, dtype: type) -> np.ndarray:
     return np.frombuffer(array.buffers()[1], dtype=dtype, count=len(array), offset=array.offset * itemsize)
 
 
-def _check_offsets(path: Path, index: int, part: tuple[np.ndarray, ...]) -> None:
+def _check_offsets(path: Path, index: int, part: tuple[np.ndarray, ...], cache: Optional[Path] = None) -> None:
     """Each list column's offsets must rise and end inside its values: a damaged batch is named here,
     not as a slice past the end (or a negative length) in a data loader worker later. Cheap: one
     pass over the offsets, once per record batch."""
     for values, offsets in ((part[0], part[1]), (part[2], part[3]), (part[4], part[5])):
         if offsets.size == 0 or offsets[0] < 0 or offsets[-1] > values.size or (np.diff(offsets) < 0).any():
-            raise unreadable(path, f"record batch {index}: list offsets out of order or past the data")
+            raise unreadable(path, f"record batch {index}: list offsets out of order or past the data", cache)
 
 
 class RowsFile:
     """A memory-mapped rows file: `len()` rows, `[i]` -> (input_ids, doc_starts, ignored_spans) int32 arrays."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, cache: Optional[Path] = None) -> None:
         self.path = Path(path)
+        self.cache = cache  # the cache folder these rows belong to, for the repair commands of an error
         self._open()
 
     # DataLoader workers started by spawn get the path and map the file themselves
     def __getstate__(self) -> dict:
-        return {"path": self.path}
+        return {"path": self.path, "cache": self.cache}
 
     def __setstate__(self, state: dict) -> None:
-        self.path = state["path"]
+        self.path, self.cache = state["path"], state.get("cache")
         self._open()
 
     def _open(self) -> None:
@@ -189,17 +194,18 @@ class RowsFile:
             self._source = pa.memory_map(str(self.path), "r")
             self._reader = pa.ipc.open_file(self._source)
         except ARROW_READ_ERRORS as err:
-            raise unreadable(self.path, err) from err
+            raise unreadable(self.path, err, self.cache) from err
         schema = self._reader.schema
+        self.metadata: dict[bytes, bytes] = dict(schema.metadata or {})
         if schema != SCHEMA or ROWS_PER_BATCH_KEY not in (schema.metadata or {}):
-            raise unreadable(self.path, f"unexpected schema {schema}; rebuild the cache")
+            raise unreadable(self.path, f"unexpected schema {schema}; rebuild the cache", self.cache)
         try:
             self._per_batch = int(schema.metadata[ROWS_PER_BATCH_KEY])
         except ValueError:
             found = schema.metadata[ROWS_PER_BATCH_KEY].decode(errors="replace")
-            raise unreadable(self.path, f"rows_per_batch {found!r} is not a number") from None
+            raise unreadable(self.path, f"rows_per_batch {found!r} is not a number", self.cache) from None
         if self._per_batch < 1:
-            raise unreadable(self.path, f"rows_per_batch is {self._per_batch}")
+            raise unreadable(self.path, f"rows_per_batch is {self._per_batch}", self.cache)
         batches = self._reader.num_record_batches
         self._parts: list[Optional[tuple[np.ndarray, ...]]] = [None] * batches
         self._len = (batches - 1) * self._per_batch + self._part(batches - 1)[1].size - 1 if batches else 0
@@ -215,8 +221,8 @@ class RowsFile:
                         _view(starts.values, np.int32), _view(starts.offsets, np.int32),
                         _view(spans.values, np.int32), _view(spans.offsets, np.int32))
             except ARROW_READ_ERRORS as err:
-                raise unreadable(self.path, f"record batch {index}: {err}") from err
-            _check_offsets(self.path, index, part)
+                raise unreadable(self.path, f"record batch {index}: {err}", self.cache) from err
+            _check_offsets(self.path, index, part, self.cache)
             self._parts[index] = part
         return part
 
@@ -245,3 +251,81 @@ class RowsFile:
     def row_lengths(self) -> np.ndarray:
         parts = self._all_parts()
         return np.concatenate([np.diff(off) for _, off, *_ in parts]) if parts else np.zeros(0, np.int64)
+
+    def close(self) -> None:
+        """Unmap the file (rows already handed out keep their memory alive)."""
+        self._parts = [None] * len(self._parts)
+        self._source.close()
+
+
+class CacheRows:
+    """A cache's rows: the first `rows` rows of each segment file, in order; `len()`, `[i]` and the
+    counts of `RowsFile`.
+
+    A segment file is mapped when one of its rows is first read. At most `open_limit` stay
+    mapped, the least recently used closed first: a 1.5 GB corpus has about 1,500 segments,
+    more than the 1,024 open files many systems allow a process.
+    """
+
+    def __init__(self, segments: list[tuple[Path, int]], cache: Optional[Path] = None, open_limit: int = 256) -> None:
+        self.segments = [(Path(path), int(rows)) for path, rows in segments]
+        self.cache = cache
+        self.open_limit = max(1, open_limit)
+        self._setup()
+
+    def __getstate__(self) -> dict:  # DataLoader workers map the files themselves
+        return {"segments": self.segments, "cache": self.cache, "open_limit": self.open_limit}
+
+    def __setstate__(self, state: dict) -> None:
+        self.segments, self.cache, self.open_limit = state["segments"], state["cache"], state["open_limit"]
+        self._setup()
+
+    def _setup(self) -> None:
+        self._firsts = [0]
+        for _, rows in self.segments:
+            self._firsts.append(self._firsts[-1] + rows)
+        self._open: "OrderedDict[int, RowsFile]" = OrderedDict()
+        self._lo = self._hi = 0  # the segment read last: rows [lo, hi) of `_file`
+        self._file: Optional[RowsFile] = None
+
+    @property
+    def paths(self) -> list[Path]:
+        return [path for path, _ in self.segments]
+
+    def segment(self, index: int) -> RowsFile:
+        """Segment `index`, mapped (and its row count checked) on first use."""
+        opened = self._open.get(index)
+        if opened is not None:
+            self._open.move_to_end(index)
+            return opened
+        path, rows = self.segments[index]
+        opened = RowsFile(path, self.cache)
+        if len(opened) < rows:
+            raise unreadable(path, f"{len(opened)} rows, the cache's manifest says at least {rows}", self.cache)
+        while len(self._open) >= self.open_limit:
+            _, oldest = self._open.popitem(last=False)
+            oldest.close()
+        self._open[index] = opened
+        self._lo = self._hi = 0  # the cached segment may be the one just closed
+        return opened
+
+    def __len__(self) -> int:
+        return self._firsts[-1]
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if not self._lo <= index < self._hi:
+            if index < 0:
+                index += len(self)
+            if not 0 <= index < len(self):
+                raise IndexError(f"row {index} out of range for {len(self)} rows")
+            at = bisect_right(self._firsts, index) - 1
+            self._file = self.segment(at)
+            self._lo, self._hi = self._firsts[at], self._firsts[at + 1]
+        return self._file[index - self._lo]  # type: ignore[index]
+
+    def row_lengths(self) -> np.ndarray:
+        lengths = [self.segment(i).row_lengths()[:rows] for i, (_, rows) in enumerate(self.segments) if rows]
+        return np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+
+    def token_count(self) -> int:
+        return int(self.row_lengths().sum())

@@ -72,3 +72,9 @@ def data_dir(tmp_path) -> Path:
     write_jsonl(folder / "train.jsonl", korean_docs(60))
     write_jsonl(folder / "validation.jsonl", korean_docs(10, start=1000))
     return folder
+
+
+def segments_of(cache_folder: Path) -> list[Path]:
+    """The row segment files of a published cache, in row order (from its manifest)."""
+    manifest = json.loads((Path(cache_folder) / "manifest.json").read_text(encoding="utf-8"))
+    return [Path(cache_folder).parent / ".segments" / f"{key}.arrow" for key, *_ in manifest["segments"]]

@@ -12,8 +12,9 @@ import pytest
 
 from medkor.data.cache import CacheError, CacheRequest, check_manifest, ensure_cache, open_cache, resolve
 from medkor.data.fingerprint import FingerprintMemo, tokenizer_fingerprint
+from medkor.data.rows import RowsFileError
 from medkor.data.sources import Selection, split_files
-from tests.data.conftest import korean_docs, write_jsonl
+from tests.data.conftest import korean_docs, segments_of, write_jsonl
 
 
 def _request(data_dir: Path, tokenizer_dir: Path, **kw) -> CacheRequest:
@@ -111,7 +112,13 @@ def test_every_token_accounted_for(data_dir, tokenizer_dir):
     got = np.concatenate([rows[i][0] for i in range(len(rows))])
     assert np.array_equal(got, expected)
     assert manifest["tokens"] == result.tokens == len(expected)
-    assert manifest["documents"] == len(texts) == sum(len(rows[i][1]) for i in range(len(rows)))
+    assert manifest["documents"] == len(texts)
+    # every document's <bos> is a start; the one other start is where the piece's leftover (after its last
+    # full row) begins the tail row mid-document
+    starts = [(i, int(s)) for i in range(len(rows)) for s in rows[i][1]]
+    at_bos = [(i, s) for i, s in starts if rows[i][0][s] == tok.bos_token_id]
+    assert len(at_bos) == len(texts) == int((got == tok.bos_token_id).sum())
+    assert len(starts) - len(at_bos) <= 1 and all(s == 0 for i, s in set(starts) - set(at_bos))
     assert all(len(rows[i][0]) == 40 for i in range(len(rows) - 1))
 
 
@@ -137,9 +144,9 @@ def test_leftover_temp_folder_is_never_a_cache_and_gets_swept(data_dir, tokenize
 
 def test_damaged_cache_is_rebuilt(data_dir, tokenizer_dir):
     built = ensure_cache(_request(data_dir, tokenizer_dir))
-    with open(built.path / "rows.arrow", "ab") as handle:
+    with open(segments_of(built.path)[-1], "ab") as handle:
         handle.write(b"junk")
-    with pytest.raises(CacheError, match="manifest says"):
+    with pytest.raises(RowsFileError, match=r"\.arrow: .*changed or damaged after it was written.*medkor cache verify"):
         open_cache(_request(data_dir, tokenizer_dir))
     assert ensure_cache(_request(data_dir, tokenizer_dir)).status == "built"
     assert ensure_cache(_request(data_dir, tokenizer_dir, overwrite=True)).status == "built"
@@ -212,7 +219,7 @@ def test_warm_load_does_not_import_pandas(data_dir, tokenizer_dir):
         "assert 'pandas' not in sys.modules, 'pandas imported'"
     )
     root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run([sys.executable, "-c", code, str(result.path / "rows.arrow")], cwd=root,
+    proc = subprocess.run([sys.executable, "-c", code, str(segments_of(result.path)[-1])], cwd=root,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
 

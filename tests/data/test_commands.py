@@ -9,6 +9,7 @@ import yaml
 
 from medkor.commands import cache as cache_cmd
 from medkor.commands import prepare as prepare_cmd
+from tests.data.conftest import segments_of
 
 DEMO = Path(__file__).resolve().parents[2] / "medkor" / "assets" / "demo" / "tiny-gemma3"
 
@@ -47,16 +48,22 @@ def test_cache_ls_verify_rm(tmp_path, data_dir, tokenizer_dir, capsys):
     assert all(e["state"] == "ok" and e["rows"] > 0 and e["params"]["max_length"] == 32 for e in entries)
     assert cache_cmd.main(["verify", str(cache_dir)]) == 0
     train = next(Path(e["path"]) for e in entries if e["split"] == "train")
-    rows = train / "rows.arrow"
+    rows = segments_of(train)[0]
     data = bytearray(rows.read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size, different content: only the full verify sees it
     rows.write_bytes(bytes(data))
     assert cache_cmd.main(["verify", str(cache_dir)]) == 1
     assert "content hash" in capsys.readouterr().out
     (cache_dir / ".tmp-train-0123-host-1-ab").mkdir()  # leftover of a killed build
+    validation = next(Path(e["path"]) for e in entries if e["split"] == "validation")
     assert cache_cmd.main(["rm", str(cache_dir), "train"]) == 0
-    names = sorted(p.name for p in cache_dir.iterdir() if p.is_dir() and p.name != ".pieces")
+    assert "row segment(s) no other cache uses" in capsys.readouterr().out
+    names = sorted(p.name for p in cache_dir.iterdir() if p.is_dir() and p.name not in (".pieces", ".segments"))
     assert len(names) == 1 and names[0].startswith("validation-")
+    # the train rows went with their cache; the validation rows stay whole
+    assert sorted(p.name for p in (cache_dir / ".segments").glob("*.arrow")) == sorted(
+        p.name for p in segments_of(validation))
+    assert cache_cmd.main(["verify", str(cache_dir)]) == 0
 
 
 def _published(cache_dir: Path) -> list[str]:

@@ -21,7 +21,7 @@ from medkor.data.inventory import verify_cache
 from medkor.data.pieces import PieceStore
 from medkor.data.rows import RowsFileError
 from medkor.data.sources import Selection, split_files
-from tests.data.conftest import korean_docs, write_jsonl
+from tests.data.conftest import korean_docs, segments_of, write_jsonl
 
 PIECE = 900  # bytes: a few documents per piece, so every file has several
 ROOT = Path(__file__).resolve().parents[2]
@@ -167,7 +167,7 @@ def test_flipped_ids_in_rows_are_found_before_use(tmp_path, tokenizer_dir, warni
     request = _requests(data, tmp_path / "cache", tokenizer_dir)[0]
     built = ensure_cache(request)
     want = _rows(request)
-    rows_path = built.path / "rows.arrow"
+    rows_path = max(segments_of(built.path), key=lambda path: path.stat().st_size)
     raw = bytearray(rows_path.read_bytes())
     size = len(raw)
     ids = np.frombuffer(raw, dtype=np.int32, count=size // 8, offset=size // 4)  # inside the ids buffer
@@ -176,11 +176,13 @@ def test_flipped_ids_in_rows_are_found_before_use(tmp_path, tokenizer_dir, warni
     raw[size // 4 : size // 4 + flipped.nbytes] = flipped.tobytes()
     rows_path.write_bytes(bytes(raw))
     assert rows_path.stat().st_size == size
-    with pytest.raises(RowsFileError, match=r"rows\.arrow: .*was changed or damaged after it was built.*medkor prepare"):
+    with pytest.raises(RowsFileError, match=rf"{rows_path.name}: .*was changed or damaged after it was written.*"
+                                            rf"medkor cache verify .* {built.path.name}.*medkor prepare"):
         open_cache(request)
-    again = ensure_cache(request)  # prepare: the damaged cache is rebuilt from its pieces, with a warning
+    again = ensure_cache(request)  # prepare: the damaged segment is written again from its piece, with a warning
     assert again.status == "built" and again.manifest["pieces"]["tokenized"] == 0
-    assert any("replacing damaged cache" in line and "rows.arrow" in line for line in warnings_seen)
+    assert again.manifest["segments_built"]["written"] == 1  # only the damaged one
+    assert any("replacing damaged cache" in line and rows_path.name in line for line in warnings_seen)
     assert _rows(request) == want
 
 
@@ -196,6 +198,7 @@ def test_damaged_piece_is_tokenized_again(tmp_path, tokenizer_dir, warnings_seen
     raw[-10] ^= 0xFF
     victim.write_bytes(bytes(raw))
     shutil.rmtree(next(p for p in cache.iterdir() if p.name.startswith("train-")))
+    shutil.rmtree(cache / ".segments")  # the rows must be packed again, so the pieces are read
     rebuilt = ensure_cache(request)
     assert rebuilt.status == "built"
     assert any(line.startswith(f"{victim}: damaged piece") for line in warnings_seen)
@@ -282,7 +285,14 @@ def test_cache_ls_shows_pieces_and_gc_removes_only_unused_ones(tmp_path, tokeniz
         assert set(store.keys()) == set(pieces)  # nothing removed by a dry run
         assert cache_cmd.main(["gc", str(cache)]) == 0
         out = capsys.readouterr().out
-    assert dry.count("would remove") == out.count("removed ") - 1 == len(only_old) - 1
+    def pieces_in(text: str, verb: str) -> int:
+        return sum(line.startswith(verb) and "/.pieces/" in line for line in text.splitlines())
+
+    assert pieces_in(dry, "would remove") == pieces_in(out, "removed ") == len(only_old) - 1
+    # the old cache's own row segments (its changed piece's and its tail) went too; the new cache's stay
+    in_use = {p.stem for p in segments_of(new.path)}
+    assert sum("/.segments/" in line for line in out.splitlines()) >= 2
+    assert {p.stem for p in (cache / ".segments").glob("*.arrow")} == in_use
     assert set(store.keys()) == set(pieces) - set(only_old[1:])
     from medkor.run.atomic import host_tag
 

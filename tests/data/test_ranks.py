@@ -6,7 +6,6 @@ import pytest
 
 from medkor.data.ranks import RankError, Share, launch_share
 
-
 @pytest.mark.parametrize("env, per_node, expected", [
     ({}, False, (0, 1)),
     ({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4"}, False, (3, 8)),
@@ -26,19 +25,16 @@ def test_share_from_the_launcher(env, per_node, expected):
     share = launch_share(per_node, env)
     assert (share.rank, share.world) == expected
 
-
 def test_launcher_variables_that_are_not_a_rank_are_one_clear_error():
     with pytest.raises(RankError, match=r"rank 5 is outside 0\.\.1 \(torchrun\)"):
         launch_share(False, {"RANK": "5", "WORLD_SIZE": "2"})
     with pytest.raises(RankError, match="SLURM_PROCID='x' is not a whole number"):
         launch_share(False, {"SLURM_PROCID": "x", "SLURM_NTASKS": "2"})
 
-
 def test_shares_are_disjoint_and_cover_every_piece():
     shares = [Share(rank, 3) for rank in range(3)]
     owners = [[s.rank for s in shares if s.owns(index)] for index in range(10)]
     assert all(len(o) == 1 for o in owners) and {o[0] for o in owners} == {0, 1, 2}
-
 
 # ---------------------------------------------------------------- several ranks building one cache
 import json  # noqa: E402
@@ -50,11 +46,12 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import pyarrow as pa  # noqa: E402
 import yaml  # noqa: E402
 
 from medkor.commands import prepare as prepare_cmd  # noqa: E402
+from medkor.data.cache import read_manifest, segment_paths  # noqa: E402
 from medkor.data.pieces import PieceStore  # noqa: E402
+from medkor.data.rows import CacheRows  # noqa: E402
 from medkor.data.plan import DataPlan  # noqa: E402
 from medkor.data.ranks import prepare_share  # noqa: E402
 from tests.data.conftest import korean_docs, write_jsonl  # noqa: E402
@@ -62,13 +59,11 @@ from tests.data.conftest import korean_docs, write_jsonl  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "medkor" / "assets" / "demo" / "tiny-gemma3"
 
-
 def _corpus(folder: Path, files: int, docs: int) -> Path:
     for index in range(files):
         write_jsonl(folder / f"train-{index}.jsonl", korean_docs(docs, start=index * docs))
     write_jsonl(folder / "validation.jsonl", korean_docs(10, start=10_000))
     return folder
-
 
 def _config(tmp_path: Path, data: Path, tokenizer_dir: Path) -> Path:
     path = tmp_path / "run.yaml"
@@ -77,7 +72,6 @@ def _config(tmp_path: Path, data: Path, tokenizer_dir: Path) -> Path:
         "data": {"data_dir": str(data), "max_length": 64, "num_proc": 1, "prepare_data_per_node": False},
     }))
     return path
-
 
 def _launch(config: Path, cache_dir: Path, rank: int | None, world: int) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")}
@@ -88,25 +82,22 @@ def _launch(config: Path, cache_dir: Path, rank: int | None, world: int) -> subp
                              str(cache_dir)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
-
 def _lines(process: subprocess.Popen) -> list[dict]:
     out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err[-3000:]
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
-
-def _rows(results: list[dict]) -> dict[str, pa.Table]:
+def _rows(results: list[dict]) -> dict[str, list]:
     tables = {}
     for result in results:
-        with pa.memory_map(str(Path(result["path"]) / "rows.arrow")) as source:
-            tables[result["split"]] = pa.ipc.open_file(source).read_all()
+        folder = Path(result["path"])
+        rows = CacheRows(segment_paths(folder, read_manifest(folder)))
+        tables[result["split"]] = [tuple(part.tolist() for part in rows[i]) for i in range(len(rows))]
     return tables
-
 
 def _pieces(cache_dir: Path) -> dict[str, tuple[int, int]]:
     store = PieceStore(cache_dir)
     return {key: (store.path(key).stat().st_ino, store.path(key).stat().st_mtime_ns) for key in store.keys()}
-
 
 def test_two_ranks_build_disjoint_pieces_and_rank_zero_assembles_the_same_rows(tmp_path, tokenizer_dir, monkeypatch,
                                                                                capsys):
@@ -127,9 +118,8 @@ def test_two_ranks_build_disjoint_pieces_and_rank_zero_assembles_the_same_rows(t
     plan = DataPlan.from_options({**_options(tmp_path / "data", tokenizer_dir), "cache_dir": str(tmp_path / "alone")})
     alone = [r.summary() for r in plan.prepare("fit", logging.getLogger("test"))[0]]  # one process, from scratch
     assert [r["key"] for r in alone] == [r["key"] for r in zero]
-    assert all(_rows(alone)[split].equals(table) for split, table in _rows(zero).items())
+    assert all(_rows(alone)[split] == table for split, table in _rows(zero).items())
     assert not list((shared / ".ranks").iterdir())  # the ranks' marks are cleaned up
-
 
 def test_a_killed_rank_leaves_its_finished_pieces_to_the_rerun(tmp_path, tokenizer_dir):
     data = _corpus(tmp_path / "data", files=9, docs=150)
@@ -153,15 +143,13 @@ def test_a_killed_rank_leaves_its_finished_pieces_to_the_rerun(tmp_path, tokeniz
     fresh = DataPlan.from_options({**_options(data, tokenizer_dir), "cache_dir": str(tmp_path / "fresh")})
     expected = fresh.prepare("fit", logging.getLogger("test"))[0]
     assert [r.key for r in results] == [r.key for r in expected]
-    assert all(_rows([r.summary()])[r.split].equals(_rows([e.summary()])[e.split]) for r, e in zip(results, expected))
-
+    assert all(_rows([r.summary()])[r.split] == _rows([e.summary()])[e.split] for r, e in zip(results, expected))
 
 def _options(data: Path, tokenizer_dir: Path) -> dict:
     from medkor.commands.options_help import class_defaults, datamodule_source
 
     return {**class_defaults(datamodule_source(), "MedKorDataModule"), "data_dir": str(data),
             "tokenizer_path": str(tokenizer_dir), "max_length": 64, "num_proc": 1}
-
 
 def test_rank_zero_waits_for_a_live_rank_no_longer_than_the_lock_timeout(tmp_path, tokenizer_dir):
     from medkor.data.lock import LockTimeout

@@ -15,6 +15,7 @@ from medkor.commands import cache as cache_cmd
 from medkor.data.cache import CacheRequest, ensure_cache, open_cache
 from medkor.data.packing import Packer
 from medkor.data.rows import SCHEMA, ROWS_PER_BATCH_KEY, RowsFile, RowsFileError, write_rows
+from tests.data.conftest import segments_of
 from medkor.data.sources import DataError, Selection, split_files
 
 
@@ -90,16 +91,17 @@ def test_record_batch_with_offsets_past_its_data_is_named_not_sliced(tmp_path):
 
 def test_damaged_cache_footer_in_setup_then_the_named_commands_repair_it(data_dir, tokenizer_dir, capsys):
     built = ensure_cache(_request(data_dir, tokenizer_dir))
-    _damage_footer(built.path / "rows.arrow")
+    segment = segments_of(built.path)[0]
+    _damage_footer(segment)
     with pytest.raises(RowsFileError) as err:
         open_cache(_request(data_dir, tokenizer_dir))  # the manifest's sizes still match
     message = str(err.value)
-    assert str(built.path / "rows.arrow") in message
+    assert str(segment) in message
     verify, remove = (shlex.split(m) for m in re.findall(r"`medkor cache ((?:verify|rm) [^`]+)`", message))
     capsys.readouterr()
     assert cache_cmd.main(verify) == 1  # `medkor cache verify` reports it too
     out = capsys.readouterr().out
-    assert f"{built.path.name}: FAILED" in out and "rows.arrow" in out
+    assert f"{built.path.name}: FAILED" in out and segment.name in out
     assert cache_cmd.main(remove) == 0 and not built.path.exists()
     assert ensure_cache(_request(data_dir, tokenizer_dir)).status == "built"
     rows, manifest = open_cache(_request(data_dir, tokenizer_dir))
