@@ -174,20 +174,52 @@ def _edit_middle_line(path: Path) -> None:
     path.write_bytes(data[:middle] + (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8") + data[end:])
 
 
-def read_rows_seconds(rows_path: Path) -> tuple[float, int]:
-    """Every row read once through RowsFile (what the loader does), summed so nothing is skipped."""
-    from medkor.data.rows import RowsFile
+def read_rows_seconds(rows) -> tuple[float, int]:
+    """Every row read once in a shuffled order (what the loader does), summed so nothing is skipped."""
+    import numpy as np
 
-    rows = RowsFile(rows_path)
+    order = np.random.default_rng(0).permutation(len(rows)).tolist()
     start = time.perf_counter()
     total = 0
-    for index in range(len(rows)):
+    for index in order:
         total += int(rows[index][0][-1])
     return time.perf_counter() - start, total
 
 
+def read_segments_against_one_file(folder: Path, work: Path) -> dict:
+    """Reading every row through the cache's segments (`CacheRows`) against the same rows in one file."""
+    from medkor.data.cache import read_manifest, segment_paths
+    from medkor.data.packing import Rows
+    from medkor.data.rows import CacheRows, RowsFile, rows_per_batch, write_rows
+    import numpy as np
+
+    manifest = read_manifest(folder)
+    segments = CacheRows(segment_paths(folder, manifest), folder)
+    one_path = work / "one-file-rows.arrow"
+
+    def batches():
+        for index in range(len(segments)):
+            ids, starts, spans = segments[index]
+            yield Rows(ids, np.array([0, len(ids)], np.int32), starts, np.array([0, len(starts)], np.int32),
+                       spans, np.array([0, len(spans)], np.int32))
+
+    write_rows(one_path, batches(), rows_per_batch(manifest["max_length"]))
+    one = RowsFile(one_path)
+    assert len(one) == len(segments)
+    times: dict[str, list[float]] = {"segments": [], "one_file": []}
+    for _ in range(5):  # alternating, best of 5
+        for name, rows in (("segments", segments), ("one_file", one)):
+            seconds, total = read_rows_seconds(rows)
+            times[name].append(seconds)
+    one_path.unlink()
+    best = {name: min(values) for name, values in times.items()}
+    return {"read_all_rows_segments_s": round(best["segments"], 4), "read_all_rows_one_file_s": round(best["one_file"], 4),
+            "read_segments_over_one_file": round(best["segments"] / best["one_file"], 3),
+            "rows": len(segments), "segments": len(manifest["segments"])}
+
+
 def incremental(args, report: dict, work: Path) -> None:
-    from medkor.data.cache import check_rows, read_manifest
+    from medkor.data.cache import check_rows, read_manifest, segment_paths
     from medkor.data.fingerprint import FingerprintMemo
 
     data = work / f"incremental-{args.incremental_mb}"
@@ -208,30 +240,32 @@ def incremental(args, report: dict, work: Path) -> None:
     report["warm_first_s"] = round(warm_seconds(data, args.tokenizer), 4)
     report["warm_steady_s"] = round(min(warm_seconds(data, args.tokenizer) for _ in range(5)), 4)
 
-    rows_path = Path(module(data, args.tokenizer).prepare_caches()[0].path) / "rows.arrow"
-    report["rows_bytes"] = rows_path.stat().st_size
-    memo = FingerprintMemo(None)  # nothing remembered: the check a process makes after the file changed
+    folder = Path(module(data, args.tokenizer).prepare_caches()[0].path)
+    report["rows_bytes"] = sum(path.stat().st_size for path, _ in segment_paths(folder, read_manifest(folder)))
+    memo = FingerprintMemo(None)  # nothing remembered: the check a process makes after every segment changed
     start = time.perf_counter()
-    assert check_rows(rows_path.parent, read_manifest(rows_path.parent), memo) is None
+    assert check_rows(folder, read_manifest(folder), memo) is None
     report["rows_check_after_change_s"] = round(time.perf_counter() - start, 3)
-    read_s, _ = read_rows_seconds(rows_path)
-    report["read_all_rows_s"] = round(read_s, 3)
+    report.update(read_segments_against_one_file(folder, work))
 
     added = data / "train-999.jsonl"
     write_corpus(added, args.incremental_mb * 0.01, seed=999)
     seconds, manifest = _timed_prepare(data, args.tokenizer, args.num_proc)
     report.update(add_1pct_s=round(seconds, 2), add_1pct_over_cold=round(seconds / cold, 3),
                   add_1pct_pieces_tokenized=manifest["pieces"]["tokenized"],
+                  add_1pct_segments_written=manifest["segments_built"]["written"],
                   add_1pct_cpu_s=round(CPU_SECONDS[-1], 2), add_1pct_cpu_over_cold=round(CPU_SECONDS[-1] / cold_cpu, 3))
     _edit_middle_line(files[len(files) // 2])
     seconds, manifest = _timed_prepare(data, args.tokenizer, args.num_proc)
     report.update(edit_line_s=round(seconds, 2), edit_line_over_cold=round(seconds / cold, 3),
                   edit_line_pieces_tokenized=manifest["pieces"]["tokenized"],
+                  edit_line_segments_written=manifest["segments_built"]["written"],
                   edit_line_cpu_s=round(CPU_SECONDS[-1], 2), edit_line_cpu_over_cold=round(CPU_SECONDS[-1] / cold_cpu, 3))
     files[1].unlink()
     seconds, manifest = _timed_prepare(data, args.tokenizer, args.num_proc)
     report.update(remove_file_s=round(seconds, 2), remove_file_over_cold=round(seconds / cold, 3),
                   remove_file_pieces_tokenized=manifest["pieces"]["tokenized"],
+                  remove_file_segments_written=manifest["segments_built"]["written"],
                   remove_file_cpu_s=round(CPU_SECONDS[-1], 2), remove_file_cpu_over_cold=round(CPU_SECONDS[-1] / cold_cpu, 3))
     time.sleep(2.1)
     report["warm_after_changes_first_s"] = round(warm_seconds(data, args.tokenizer), 4)

@@ -24,7 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import pyarrow as pa
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,12 +65,15 @@ def prepare(config: Path, cache_dir: Path, world: int) -> tuple[float, float, li
     return seconds, max(cpu), [line for line in outs[0].read().splitlines() if line.startswith("{")]
 
 
-def rows_of(lines: list[str]) -> dict[str, pa.Table]:
+def rows_of(lines: list[str]) -> dict[str, list]:
+    from medkor.data.cache import read_manifest, segment_paths
+    from medkor.data.rows import CacheRows
+
     out = {}
     for line in lines:
-        result = json.loads(line)
-        with pa.memory_map(str(Path(result["path"]) / "rows.arrow")) as source:
-            out[result["split"]] = pa.ipc.open_file(source).read_all()
+        folder = Path(json.loads(line)["path"])
+        rows = CacheRows(segment_paths(folder, read_manifest(folder)))
+        out[folder.name.split("-")[0]] = [tuple(part.tobytes() for part in rows[i]) for i in range(len(rows))]
     return out
 
 
@@ -103,7 +105,7 @@ def main() -> None:
                 cpu[world].append(busiest)
                 print(f"{world} rank(s): {seconds:.2f} s wall, busiest rank {busiest:.2f} s CPU", flush=True)
         one, two = rows_of(lines[1]), rows_of(lines[2])
-        same = one.keys() == two.keys() and all(one[s].equals(two[s]) for s in one)
+        same = one.keys() == two.keys() and all(one[s] == two[s] for s in one)
         best = {world: min(values) for world, values in times.items()}
         print(json.dumps({
             "corpus_mb": args.mb, "files": args.files, "tokens": sum(json.loads(x)["tokens"] for x in lines[1]),

@@ -52,6 +52,7 @@ from medkor.data.lock import DEFAULT_TIMEOUT, BuildLock, LockTimeout
 from medkor.data.pieces import Claim, PieceRef, PieceStore, build_pieces, pieces_in_order, plan_pieces
 from medkor.data.rows import CacheRows, unreadable
 from medkor.data.segments import SegmentStore
+from medkor.data.text_rows import write_segments
 from medkor.run.atomic import human_size
 from medkor.run.publish import OLD_MARK, STAGING_MARK, discard, publish_folder, staging_for, sweep_leftovers
 
@@ -478,16 +479,19 @@ def ensure_caches(requests: list[CacheRequest], load_tokenizer: Optional[Callabl
 
 def build_pieces_for(requests: list[CacheRequest], only: Optional[Callable[[int], bool]] = None,
                      num_proc: Optional[int] = None, load_tokenizer: Optional[Callable[[], Any]] = None) -> int:
-    """Tokenize the missing pieces of several splits (those whose index `only` accepts); how many were built.
+    """Tokenize the missing pieces of several splits (those whose index `only` accepts), then pack the
+    row segments of the same share; how many pieces were built.
 
     The pieces of all requests form one list, in request order and file order, each
     key once; it is the same in every process that sees the same files, so processes
-    given disjoint `only` share the work. `ensure_caches` then only assembles.
+    given disjoint `only` share the work. Each text split's segments are shared out the
+    same way (by their place in the split; a split under max_samples packs its own, in
+    `ensure_caches`). `ensure_caches` then only reads segment facts and packs the tail.
     """
     memos = _Memos()
     loaders: dict[str, Callable[[], Any]] = {}
     seen: set[str] = set()
-    groups: list[tuple[CacheRequest, list[tuple[int, PieceRef]]]] = []
+    groups: list[tuple[CacheRequest, list[tuple[int, PieceRef]], list[PieceRef]]] = []
     total = 0
     for request in requests:
         request.cache_dir = Path(request.cache_dir)
@@ -495,15 +499,16 @@ def build_pieces_for(requests: list[CacheRequest], only: Optional[Callable[[int]
         loader = load_tokenizer or loaders.setdefault(request.tokenizer_path, TokenizerLoader(request.tokenizer_path))
         resolved = resolve(request, loader, memos(request.cache_dir))
         group = []
-        for ref in plan_pieces(request, resolved, PieceStore(request.cache_dir)):
+        refs = plan_pieces(request, resolved, PieceStore(request.cache_dir))
+        for ref in refs:
             if ref.key not in seen:
                 seen.add(ref.key)
                 group.append((total, ref))
                 total += 1
-        groups.append((request, group))
+        groups.append((request, group, refs))
     memos.save()
     count = 0
-    for request, group in groups:
+    for request, group, _ in groups:
         chosen = [ref for index, ref in group if only is None or only(index)]
         if not chosen:
             continue
@@ -512,6 +517,14 @@ def build_pieces_for(requests: list[CacheRequest], only: Optional[Callable[[int]
         with Claim(store, f"pieces-{request.split}", [ref.key for ref in chosen]):
             count += build_pieces(chosen, store, lambda: _encoder_factory(request, loader())(),
                                   num_proc or request.num_proc, piece_bytes=request.piece_bytes)
+    for request, _, refs in groups:
+        if request.selection.spec.examples or request.selection.max_samples is not None or request.overwrite:
+            continue
+        segments = SegmentStore(request.cache_dir, memos(request.cache_dir))
+        mine = [ref for index, ref in enumerate(refs) if only is None or only(index)]
+        with Claim(segments, f"segments-{request.split}", []) as claim:
+            write_segments(request, mine, PieceStore(request.cache_dir), segments, claim.add)
+    memos.save()  # merged with the other ranks': rank 0 finds these segments trusted
     return count
 
 

@@ -67,13 +67,21 @@ class FingerprintMemo:
 
     def __init__(self, folder: Optional[Path]) -> None:
         self.path = Path(folder) / MEMO_NAME if folder is not None else None
-        self.entries: dict[str, Any] = {}
-        self.dirty = False
-        if self.path is not None and self.path.is_file():
-            try:
-                self.entries = json.loads(self.path.read_text())
-            except (OSError, ValueError):
-                self.entries = {}  # a damaged memo only costs a rehash
+        self.entries: dict[str, Any] = self._load()
+        self.changed: set[str] = set()  # names remembered by this process, merged into the file on save
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self.changed)
+
+    def _load(self) -> dict[str, Any]:
+        if self.path is None or not self.path.is_file():
+            return {}
+        try:
+            entries = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}  # a damaged memo only costs a rehash
+        return entries if isinstance(entries, dict) else {}
 
     def get(self, name: str, stats: list[list[int]]) -> Optional[str]:
         entry = self.entries.get(name)
@@ -83,15 +91,24 @@ class FingerprintMemo:
 
     def put(self, name: str, stats: list[list[int]], digest: str, read_start_ns: int) -> None:
         if all(s[4] < read_start_ns - _RACY_NS and s[3] < read_start_ns - _RACY_NS for s in stats):
-            self.entries[name] = {"stat": stats, "hash": digest}
-            self.dirty = True
+            self.remember(name, stats, digest)
+
+    def remember(self, name: str, stats: list[list[int]], digest: str) -> None:
+        """Record a hash without the racy-stat rule: for a file this process wrote privately and renamed."""
+        self.entries[name] = {"stat": stats, "hash": digest}
+        self.changed.add(name)
 
     def save(self) -> None:
-        """Write atomically; concurrent writers race harmlessly (last one wins)."""
-        if not self.dirty or self.path is None:
+        """Write atomically, merged with what other processes saved since this one loaded the file
+        (ranks that pack row segments for rank 0 to reuse); two saves at once may still lose one's
+        entries, which only costs a rehash."""
+        if not self.changed or self.path is None:
             return
-        atomic_write_text(self.path, json.dumps(self.entries, sort_keys=True), what="fingerprint memo")
-        self.dirty = False
+        merged = self._load()
+        merged.update({name: self.entries[name] for name in self.changed if name in self.entries})
+        atomic_write_text(self.path, json.dumps(merged, sort_keys=True), what="fingerprint memo")
+        self.entries = merged
+        self.changed = set()
 
     def content_hash(self, name: str, paths: list[Path], compute: Callable[[], str]) -> str:
         """The remembered hash of `paths` under `name`, or `compute()` (remembered if safe)."""

@@ -21,7 +21,6 @@ import pyarrow as pa
 from medkor.data.packing import Rows
 from medkor.data.sources import DataError
 
-ROWS_FILE = "rows.arrow"
 SCHEMA = pa.schema([
     ("input_ids", pa.list_(pa.int32())),
     ("doc_starts", pa.list_(pa.int32())),

@@ -111,8 +111,7 @@ class SegmentStore(ContentStore):
             raise
         digest = hash_mapped(self.path(key))
         # written privately and renamed: nobody else wrote it since, so the racy-stat rule does not apply
-        self.memo.entries[self._memo_name(key)] = {"stat": [stat_tuple(self.path(key))], "hash": digest}
-        self.memo.dirty = True
+        self.memo.remember(self._memo_name(key), [stat_tuple(self.path(key))], digest)
         return digest, rows, tokens
 
     def trusted(self, key: str) -> Optional[str]:

@@ -21,7 +21,7 @@ from medkor.data.build import BuildStats, PieceSource, finish
 from medkor.data.encode import EncodedChunk
 from medkor.data.key import CacheRequest
 from medkor.data.packing import Packer, Rows, learned_tokens
-from medkor.data.pieces import PieceRef
+from medkor.data.pieces import PieceDamaged, PieceRef, PieceStore
 from medkor.data.rows import rows_per_batch
 from medkor.data.segments import (
     SEGMENT_READ_ERRORS, SegmentFacts, SegmentStore, layout_key, segment_key, tail_key,
@@ -194,3 +194,26 @@ def build_text(request: CacheRequest, refs: list[PieceRef], source: PieceSource,
         stats.segments_written += tail.written
         stats.segments_reused += not tail.written
     return finish(stats, read, split, selection, expected)
+
+
+def write_segments(request: CacheRequest, refs: list[PieceRef], pieces: PieceStore, store: SegmentStore,
+                   claim: Callable[[list[str]], None]) -> int:
+    """Pack the segments of `refs` (whole pieces of a text split) that are not stored yet; how many were written.
+
+    For ranks that share a build: each packs its share, and the build reuses them. A
+    piece that is missing or damaged is left to the build, which tokenizes it again.
+    """
+    layout = layout_key(request)
+    todo = {segment_key(layout, ref.key): ref for ref in refs}
+    claim(list(todo))
+    written = 0
+    for key, ref in todo.items():
+        if store.trusted(key) is not None:
+            continue
+        try:
+            chunk = pieces.read(ref.key)
+        except (PieceDamaged, FileNotFoundError):
+            continue
+        _write_piece(store, key, chunk, request, None)
+        written += 1
+    return written

@@ -115,11 +115,17 @@ def test_two_ranks_build_disjoint_pieces_and_rank_zero_assembles_the_same_rows(t
     assert one == [{"rank": 1, "world": 2, "pieces_built": 3, "seconds": one[0]["seconds"]}]  # pieces 1, 3, 5 of 7
     assert [(r["split"], r["status"]) for r in zero] == [("train", "built"), ("validation", "built")]
     assert len(_pieces(shared)) == 7
+    # rank 1 packed the row segments of its share of each split too: rank 0 reused them
+    for result in zero:
+        built = read_manifest(Path(result["path"]))["segments_built"]
+        pieces = len(read_manifest(Path(result["path"]))["segments"]) - 1  # the last is the tail
+        assert built["reused"] >= pieces // 2 and built["written"] == pieces - built["reused"] + 1, built
     plan = DataPlan.from_options({**_options(tmp_path / "data", tokenizer_dir), "cache_dir": str(tmp_path / "alone")})
     alone = [r.summary() for r in plan.prepare("fit", logging.getLogger("test"))[0]]  # one process, from scratch
     assert [r["key"] for r in alone] == [r["key"] for r in zero]
     assert all(_rows(alone)[split] == table for split, table in _rows(zero).items())
     assert not list((shared / ".ranks").iterdir())  # the ranks' marks are cleaned up
+
 
 def test_a_killed_rank_leaves_its_finished_pieces_to_the_rerun(tmp_path, tokenizer_dir):
     data = _corpus(tmp_path / "data", files=9, docs=150)

@@ -39,7 +39,8 @@ import yaml
 
 from medkor.data.cache import TMP_PREFIX, TRASH_PREFIX
 from medkor.data.collate import Collator
-from medkor.data.rows import RowsFile
+from medkor.data.cache import read_manifest, segment_paths
+from medkor.data.rows import CacheRows
 from medkor.data.sampler import EpochShuffleSampler
 from tests.run.ddp_worker import digest
 from tests.run.resume_config import resume_config, write_config
@@ -248,7 +249,7 @@ def test_two_rank_processes_over_gloo_with_the_epoch_sampler_in_place(straight):
 def test_caches_are_built_once_and_the_other_rank_only_loads(straight):
     err = straight["result"].stderr
     cache = straight["tmp"] / "cache"
-    published = sorted(p.name.split("-")[0] for p in cache.iterdir() if p.is_dir() and p.name != ".pieces")
+    published = sorted(p.name.split("-")[0] for p in cache.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert published == ["train", "validation"]  # one folder per split
     assert not [p.name for p in cache.iterdir() if p.name.startswith((TMP_PREFIX, TRASH_PREFIX))]
     for split in ("train", "validation"):
@@ -319,7 +320,7 @@ def test_ranks_train_on_disjoint_halves_of_each_epoch(straight):
 
     # and they are exactly the rank's slices of the epoch's global order, batched as the loader does
     (train,) = [p for p in (straight["tmp"] / "cache").iterdir() if p.is_dir() and p.name.startswith("train-")]
-    dataset = RowsFile(train / "rows.arrow")
+    dataset = CacheRows(segment_paths(train, read_manifest(train)))
     collate = Collator(json.loads((train / "manifest.json").read_text(encoding="utf-8"))["pad_token_id"])
     seed = yaml.safe_load((straight["run"] / "config.yaml").read_text(encoding="utf-8"))["data"]["seed"]
     for rank in (0, 1):
