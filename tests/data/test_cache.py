@@ -238,3 +238,14 @@ def test_truncation_or_padding_in_tokenizer_json_never_cuts_documents(data_dir, 
     result = ensure_cache(_request(data_dir, clipped))
     texts = [json.loads(line)["text"] for line in (data_dir / "train.jsonl").read_text().splitlines()]
     assert result.tokens == sum(len(tok(t, add_special_tokens=False)["input_ids"]) + 2 for t in texts)
+
+
+def test_memo_saves_merge_with_other_processes(tmp_path):
+    # ranks save their own remembered hashes; a later save must not drop another's
+    first, second = FingerprintMemo(tmp_path), FingerprintMemo(tmp_path)
+    first.remember("segment:a", [[1, 2, 3, 4, 5]], "ha")
+    second.remember("segment:b", [[1, 2, 3, 4, 6]], "hb")
+    first.save()
+    second.save()
+    merged = FingerprintMemo(tmp_path)
+    assert merged.get("segment:a", [[1, 2, 3, 4, 5]]) == "ha" and merged.get("segment:b", [[1, 2, 3, 4, 6]]) == "hb"

@@ -111,8 +111,15 @@ def test_incremental_equals_fresh_row_for_row(tmp_path, tokenizer_dir, change, o
         incremental_request = _requests(data, cache, tokenizer_dir, **options)[[r.split for r in fresh_requests]
                                                                                  .index(request.split)]
         assert _rows(incremental_request) == _rows(request)
+        assert verify_cache(incremental.path) == []  # every segment whole; packed rows full but the last
     tokenized = sum(r.manifest["pieces"]["tokenized"] for r in after)
     new_pieces = set(PieceStore(cache).keys()) - pieces_before
+    if option in ("text", "text unpacked", "val_fraction"):
+        # rows are written again only for new pieces (each split packs its own), plus each packed split's tail
+        for result in after:
+            written = result.manifest["segments_built"]["written"]
+            assert written <= len(new_pieces) + (option != "text unpacked"), (result.split, written)
+            assert result.manifest["segments_built"]["reused"] >= len(result.manifest["segments"]) - written
     assert tokenized == len(new_pieces)
     if option == "max_samples":
         pass  # the first build tokenized only the pieces its first 100 documents needed

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pyarrow as pa
 
@@ -47,3 +49,28 @@ def test_a_rows_file_of_another_layout_asks_for_a_rebuild(tmp_path):
         writer.write_batch(pa.record_batch(lists, schema=SCHEMA))
     with pytest.raises(ValueError, match="rebuild the cache"):
         RowsFile(path)
+
+
+def test_cache_rows_reads_every_segment_with_few_files_open(tmp_path):
+    from medkor.data.rows import CacheRows
+
+    segments, expected = [], []
+    for index in range(7):
+        packer = Packer(max_length=8)
+        values = np.arange(index * 100, index * 100 + 8 * (index + 2) + 3, dtype=np.int32)
+        batches = list(packer.add(values, np.array([len(values)]))) + list(packer.finish())
+        path = tmp_path / f"segment-{index}.arrow"
+        write_rows(path, batches, rows_per_batch(8))
+        take = index + 2  # every full row; the last, short one is left out (a leftover)
+        segments.append((path, take))
+        expected += [values[i * 8:(i + 1) * 8].tolist() for i in range(take)]
+    rows = CacheRows(segments, open_limit=2)
+    assert len(rows) == len(expected)
+    order = np.random.default_rng(0).permutation(len(rows)).tolist()
+    assert [rows[i][0].tolist() for i in order] == [expected[i] for i in order]
+    assert len(rows._open) <= 2  # mapped files stay bounded, whatever the number of segments
+    assert rows[-1][0].tolist() == expected[-1] and rows.row_lengths().tolist() == [8] * len(expected)
+    with pytest.raises(IndexError):
+        rows[len(expected)]
+    clone = pickle.loads(pickle.dumps(rows))  # as a DataLoader worker gets it: paths only, mapped again
+    assert clone[5][0].tolist() == expected[5] and len(clone._open) == 1
