@@ -186,6 +186,20 @@ def read_rows_seconds(rows) -> tuple[float, int]:
     return time.perf_counter() - start, total
 
 
+def loader_seconds(rows, pad: int, batch: int = 8) -> float:
+    """Batches of shuffled rows read and collated into tensors, as a data loader worker makes them."""
+    import numpy as np
+
+    from medkor.data.collate import Collator
+
+    collate = Collator(pad)
+    order = np.random.default_rng(1).permutation(len(rows)).tolist()
+    start = time.perf_counter()
+    for at in range(0, len(order) - batch + 1, batch):
+        collate([rows[i] for i in order[at : at + batch]])
+    return time.perf_counter() - start
+
+
 def read_segments_against_one_file(folder: Path, work: Path) -> dict:
     """Reading every row through the cache's segments (`CacheRows`) against the same rows in one file."""
     from medkor.data.cache import read_manifest, segment_paths
@@ -206,15 +220,19 @@ def read_segments_against_one_file(folder: Path, work: Path) -> dict:
     write_rows(one_path, batches(), rows_per_batch(manifest["max_length"]))
     one = RowsFile(one_path)
     assert len(one) == len(segments)
-    times: dict[str, list[float]] = {"segments": [], "one_file": []}
-    for _ in range(5):  # alternating, best of 5
-        for name, rows in (("segments", segments), ("one_file", one)):
+    times: dict[str, list[float]] = {"segments": [], "one_file": [], "loader_segments": [], "loader_one_file": []}
+    for repeat in range(6):  # alternating which goes first, best of 6 (of 4 for the slower loader pass)
+        for name, rows in (("segments", segments), ("one_file", one))[:: 1 if repeat % 2 else -1]:
             seconds, total = read_rows_seconds(rows)
             times[name].append(seconds)
+            if repeat < 4:
+                times[f"loader_{name}"].append(loader_seconds(rows, manifest["pad_token_id"]))
     one_path.unlink()
     best = {name: min(values) for name, values in times.items()}
     return {"read_all_rows_segments_s": round(best["segments"], 4), "read_all_rows_one_file_s": round(best["one_file"], 4),
             "read_segments_over_one_file": round(best["segments"] / best["one_file"], 3),
+            "loader_segments_s": round(best["loader_segments"], 3), "loader_one_file_s": round(best["loader_one_file"], 3),
+            "loader_segments_over_one_file": round(best["loader_segments"] / best["loader_one_file"], 4),
             "rows": len(segments), "segments": len(manifest["segments"])}
 
 
@@ -241,7 +259,7 @@ def incremental(args, report: dict, work: Path) -> None:
     report["warm_steady_s"] = round(min(warm_seconds(data, args.tokenizer) for _ in range(5)), 4)
 
     folder = Path(module(data, args.tokenizer).prepare_caches()[0].path)
-    report["rows_bytes"] = sum(path.stat().st_size for path, _ in segment_paths(folder, read_manifest(folder)))
+    report["rows_bytes"] = sum(os.path.getsize(path) for path, _ in segment_paths(folder, read_manifest(folder)))
     memo = FingerprintMemo(None)  # nothing remembered: the check a process makes after every segment changed
     start = time.perf_counter()
     assert check_rows(folder, read_manifest(folder), memo) is None

@@ -208,10 +208,10 @@ def _check_disk(request: CacheRequest) -> None:
         )
 
 
-def segment_paths(folder: Path, manifest: dict[str, Any]) -> list[tuple[Path, int]]:
+def segment_paths(folder: Path, manifest: dict[str, Any]) -> list[tuple[str, int]]:
     """(segment file, rows taken) of a cache, in row order."""
     store = SegmentStore(folder.parent)
-    return [(store.path(key), int(rows)) for key, rows, _ in manifest["segments"]]
+    return [(store.name(key), int(rows)) for key, rows, _ in manifest["segments"]]
 
 
 def check_rows(folder: Path, manifest: dict[str, Any], memo: FingerprintMemo) -> Optional[str]:

@@ -23,7 +23,7 @@ from medkor.data.encode import OnLongExample
 from medkor.data.formats import DEFAULT_TEMPLATE, LossOn
 from medkor.data.leak import LeakReport
 from medkor.data.lock import DEFAULT_TIMEOUT
-from medkor.data.rows import RowsFile
+from medkor.data.rows import CacheRows
 from medkor.data.loader import ResumableDataLoader
 from medkor.data.plan import DataPlan, ensure_log_handler, stage_of
 from medkor.data.sources import DataError, OnBadRecord
@@ -167,7 +167,7 @@ class MedKorDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.prepare_data_per_node = prepare_data_per_node
-        self.datasets: dict[str, RowsFile] = {}
+        self.datasets: dict[str, CacheRows] = {}
         self.tokens: dict[str, int] = {}
         self.pad_token_id = 0
         ensure_log_handler()

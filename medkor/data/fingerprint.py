@@ -57,8 +57,8 @@ def hash_text(*parts: str) -> str:
     return digest.hexdigest()
 
 
-def stat_tuple(path: Path) -> list[int]:
-    st = path.stat()
+def stat_tuple(path: str | Path) -> list[int]:
+    st = os.stat(path)
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 

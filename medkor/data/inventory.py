@@ -67,7 +67,7 @@ def _size(folder: Path) -> int:
     """Bytes of the folder and of the row segments its manifest lists (a segment two caches share counts in both)."""
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     try:
-        paths = [path for path, _ in segment_paths(folder, read_manifest(folder))]
+        paths = [Path(path) for path, _ in segment_paths(folder, read_manifest(folder))]
     except (OSError, ValueError, KeyError, TypeError):
         return size
     return size + sum(path.stat().st_size for path in paths if path.is_file())
@@ -283,7 +283,8 @@ def verify_cache(folder: Path) -> list[str]:
         if digest != info.get("xxh3"):
             problems.append(f"{folder / name}: content hash {digest} != manifest {info.get('xxh3')}")
     segments = segment_paths(folder, manifest)
-    for (path, _), (_, _, expected) in zip(segments, manifest["segments"]):
+    for (name, _), (_, _, expected) in zip(segments, manifest["segments"]):
+        path = Path(name)
         if not path.is_file():
             problems.append(f"{path}: row segment missing")
             continue

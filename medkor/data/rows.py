@@ -11,7 +11,7 @@ file reads its footer and last batch only, however large the corpus.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections import OrderedDict
+from collections import deque
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -233,8 +233,12 @@ class RowsFile:
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"row {index} out of range for {len(self)} rows")
-        values, offsets, starts, starts_offsets, spans, spans_offsets = self._part(index // self._per_batch)
-        local = index % self._per_batch
+        return self.row(index)
+
+    def row(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Row `index`, known to be in range (no checks: the loader's hot path)."""
+        batch, local = divmod(index, self._per_batch)
+        values, offsets, starts, starts_offsets, spans, spans_offsets = self._parts[batch] or self._part(batch)
         return (
             values[offsets[local] : offsets[local + 1]],
             starts[starts_offsets[local] : starts_offsets[local + 1]],
@@ -257,19 +261,37 @@ class RowsFile:
         self._source.close()
 
 
+def _open_files_allowed(wanted: int) -> int:
+    """How many files this process may keep open for rows: the soft limit is raised towards the hard one
+    when `wanted` needs it (a 1.5 GB corpus has ~1,500 segments; many systems start at 1,024)."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < wanted + 512:
+            goal = wanted + 512 if hard == resource.RLIM_INFINITY else min(hard, wanted + 512)
+            if goal > soft:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (goal, hard))
+                soft = goal
+        return wanted if soft == resource.RLIM_INFINITY else max(64, soft - 512)  # the rest for everything else
+    except (ImportError, ValueError, OSError):
+        return 256
+
+
 class CacheRows:
     """A cache's rows: the first `rows` rows of each segment file, in order; `len()`, `[i]` and the
     counts of `RowsFile`.
 
-    A segment file is mapped when one of its rows is first read. At most `open_limit` stay
-    mapped, the least recently used closed first: a 1.5 GB corpus has about 1,500 segments,
-    more than the 1,024 open files many systems allow a process.
+    A segment file is mapped when one of its rows is first read, and stays mapped: the
+    process's open-file limit is raised to fit them all where the hard limit allows;
+    otherwise at most `open_limit` stay, the first opened closed first.
     """
 
-    def __init__(self, segments: list[tuple[Path, int]], cache: Optional[Path] = None, open_limit: int = 256) -> None:
-        self.segments = [(Path(path), int(rows)) for path, rows in segments]
+    def __init__(self, segments: list[tuple[str | Path, int]], cache: Optional[Path] = None,
+                 open_limit: Optional[int] = None) -> None:
+        self.segments = [(str(path), int(rows)) for path, rows in segments]
         self.cache = cache
-        self.open_limit = max(1, open_limit)
+        self.open_limit = open_limit
         self._setup()
 
     def __getstate__(self) -> dict:  # DataLoader workers map the files themselves
@@ -283,44 +305,47 @@ class CacheRows:
         self._firsts = [0]
         for _, rows in self.segments:
             self._firsts.append(self._firsts[-1] + rows)
-        self._open: "OrderedDict[int, RowsFile]" = OrderedDict()
+        self._files: list[Optional[RowsFile]] = [None] * len(self.segments)
+        self._opened: deque[int] = deque()  # open segments, oldest first
+        self._limit: Optional[int] = None  # decided on the first open
         self._lo = self._hi = 0  # the segment read last: rows [lo, hi) of `_file`
         self._file: Optional[RowsFile] = None
 
-    @property
-    def paths(self) -> list[Path]:
-        return [path for path, _ in self.segments]
-
     def segment(self, index: int) -> RowsFile:
         """Segment `index`, mapped (and its row count checked) on first use."""
-        opened = self._open.get(index)
+        opened = self._files[index]
         if opened is not None:
-            self._open.move_to_end(index)
             return opened
         path, rows = self.segments[index]
         opened = RowsFile(path, self.cache)
         if len(opened) < rows:
-            raise unreadable(path, f"{len(opened)} rows, the cache's manifest says at least {rows}", self.cache)
-        while len(self._open) >= self.open_limit:
-            _, oldest = self._open.popitem(last=False)
-            oldest.close()
-        self._open[index] = opened
-        self._lo = self._hi = 0  # the cached segment may be the one just closed
+            raise unreadable(opened.path, f"{len(opened)} rows, the cache's manifest says at least {rows}", self.cache)
+        if self._limit is None:
+            self._limit = self.open_limit or _open_files_allowed(len(self.segments))
+        while len(self._opened) >= self._limit:
+            oldest = self._opened.popleft()
+            self._files[oldest].close()  # type: ignore[union-attr]
+            self._files[oldest] = None
+            self._lo = self._hi = 0  # the segment read last may be the one just closed
+        self._files[index] = opened
+        self._opened.append(index)
         return opened
 
     def __len__(self) -> int:
         return self._firsts[-1]
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if not self._lo <= index < self._hi:
-            if index < 0:
-                index += len(self)
-            if not 0 <= index < len(self):
-                raise IndexError(f"row {index} out of range for {len(self)} rows")
-            at = bisect_right(self._firsts, index) - 1
-            self._file = self.segment(at)
-            self._lo, self._hi = self._firsts[at], self._firsts[at + 1]
-        return self._file[index - self._lo]  # type: ignore[index]
+        lo = self._lo
+        if lo <= index < self._hi:
+            return self._file.row(index - lo)  # type: ignore[union-attr]
+        if index < 0:
+            index += self._firsts[-1]
+        if not 0 <= index < self._firsts[-1]:
+            raise IndexError(f"row {index} out of range for {len(self)} rows")
+        at = bisect_right(self._firsts, index) - 1
+        self._file = self._files[at] or self.segment(at)
+        self._lo, self._hi = lo, _ = self._firsts[at], self._firsts[at + 1]
+        return self._file.row(index - lo)
 
     def row_lengths(self) -> np.ndarray:
         lengths = [self.segment(i).row_lengths()[:rows] for i, (_, rows) in enumerate(self.segments) if rows]

@@ -89,6 +89,11 @@ class SegmentStore(ContentStore):
     def __init__(self, cache_dir: Path, memo: Optional[FingerprintMemo] = None) -> None:
         super().__init__(cache_dir)
         self.memo = memo if memo is not None else FingerprintMemo(None)
+        self._prefix = os.path.join(str(self.root), "")
+
+    def name(self, key: str) -> str:
+        """The segment's path as a string: a warm start handles hundreds of them, Path objects cost more."""
+        return f"{self._prefix}{key}{SEGMENT_SUFFIX}"
 
     @staticmethod
     def _memo_name(key: str) -> str:
@@ -117,14 +122,14 @@ class SegmentStore(ContentStore):
     def trusted(self, key: str) -> Optional[str]:
         """The content hash of a segment unchanged since it was written or found good; None otherwise."""
         try:
-            return self.memo.get(self._memo_name(key), [stat_tuple(self.path(key))])
+            return self.memo.get(self._memo_name(key), [stat_tuple(self.name(key))])
         except OSError:
             return None
 
     def check(self, key: str, expected: str) -> Optional[str]:
         """Why segment `key` does not hold the content hashed `expected`, or None. Hashes it only
         when its stat changed since it was last found good."""
-        path = self.path(key)
+        path = self.name(key)
         try:
             before = stat_tuple(path)
         except OSError:
@@ -132,7 +137,7 @@ class SegmentStore(ContentStore):
         if self.memo.get(self._memo_name(key), [before]) == expected:
             return None
         start = time.time_ns()
-        digest = hash_mapped(path)
+        digest = hash_mapped(Path(path))
         if digest != expected:
             return (f"{path} was changed or damaged after it was written "
                     f"(content hash {digest[:16]}, manifest {str(expected)[:16]})")

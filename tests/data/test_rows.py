@@ -68,9 +68,9 @@ def test_cache_rows_reads_every_segment_with_few_files_open(tmp_path):
     assert len(rows) == len(expected)
     order = np.random.default_rng(0).permutation(len(rows)).tolist()
     assert [rows[i][0].tolist() for i in order] == [expected[i] for i in order]
-    assert len(rows._open) <= 2  # mapped files stay bounded, whatever the number of segments
+    assert len(rows._opened) <= 2  # mapped files stay bounded, whatever the number of segments
     assert rows[-1][0].tolist() == expected[-1] and rows.row_lengths().tolist() == [8] * len(expected)
     with pytest.raises(IndexError):
         rows[len(expected)]
     clone = pickle.loads(pickle.dumps(rows))  # as a DataLoader worker gets it: paths only, mapped again
-    assert clone[5][0].tolist() == expected[5] and len(clone._open) == 1
+    assert clone[5][0].tolist() == expected[5] and len(clone._opened) == 1
