@@ -136,11 +136,14 @@ def explain_miss(cache_dir: Path, inputs: dict[str, Any]) -> str:
     """Compare with the other caches of the split: what changed since they were built."""
     split = inputs["params"]["split"]
     best: Optional[list[str]] = None
+    candidates = []
     for folder in _published(cache_dir):
         try:
-            other = read_manifest(folder)["inputs"]
+            manifest = read_manifest(folder)
+            candidates.append((str(manifest.get("created", "")), folder, manifest["inputs"]))
         except (OSError, ValueError, KeyError):
             continue
+    for _, folder, other in sorted(candidates, key=lambda c: c[0], reverse=True):  # newest first wins a tie
         if other.get("params", {}).get("split") != split:
             continue
         diffs = []

@@ -249,3 +249,19 @@ def test_memo_saves_merge_with_other_processes(tmp_path):
     second.save()
     merged = FingerprintMemo(tmp_path)
     assert merged.get("segment:a", [[1, 2, 3, 4, 5]]) == "ha" and merged.get("segment:b", [[1, 2, 3, 4, 6]]) == "hb"
+
+
+def test_a_miss_names_the_newest_of_equally_close_caches(data_dir, tokenizer_dir, caplog):
+    import logging
+
+    path = data_dir / "train.jsonl"
+    names = []
+    for version in range(3):
+        write_jsonl(path, korean_docs(20, start=100 * version))
+        if version < 2:
+            names.append(ensure_cache(_request(data_dir, tokenizer_dir)).path.name)
+            time.sleep(1.1)  # manifests record the second they were made
+    with caplog.at_level(logging.INFO, logger="medkor.data"):
+        ensure_cache(_request(data_dir, tokenizer_dir))
+    (reason,) = [r.getMessage() for r in caplog.records if "cache miss" in r.getMessage()]
+    assert f"closest cache {names[1]} differs in: train.jsonl content changed" in reason  # not the older one
