@@ -103,27 +103,32 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 
 def check_manifest(folder: Path, key: Optional[str] = None) -> Optional[str]:
     """Why `folder` is not a usable cache (for `key`), or None. Cheap: stats, no hashing."""
+    return _checked_manifest(folder, key)[0]
+
+
+def _checked_manifest(folder: Path, key: Optional[str]) -> tuple[Optional[str], dict[str, Any]]:
+    """(why `folder` is not a usable cache, or None; its manifest): read once, for every check after."""
     if not folder.is_dir():
-        return "no cache folder for this key"
+        return "no cache folder for this key", {}
     try:
         manifest = read_manifest(folder)
     except FileNotFoundError:
-        return f"{folder / MANIFEST} is missing"
+        return f"{folder / MANIFEST} is missing", {}
     except (OSError, ValueError) as err:
-        return f"{folder / MANIFEST} is unreadable ({err})"
+        return f"{folder / MANIFEST} is unreadable ({err})", {}
     if manifest.get("version") != CACHE_VERSION:
-        return f"cache format version {manifest.get('version')} != {CACHE_VERSION}"
+        return f"cache format version {manifest.get('version')} != {CACHE_VERSION}", manifest
     if key is not None and manifest.get("key") != key:
-        return "manifest key does not match"
+        return "manifest key does not match", manifest
     for name, info in manifest.get("files", {}).items():
         path = folder / name
         if not path.is_file():
-            return f"{path} is missing"
+            return f"{path} is missing", manifest
         if path.stat().st_size != info.get("size"):
-            return f"{path} has {path.stat().st_size} bytes, manifest says {info.get('size')}"
+            return f"{path} has {path.stat().st_size} bytes, manifest says {info.get('size')}", manifest
     if not isinstance(manifest.get("segments"), list):
-        return f"{folder / MANIFEST} lists no row segments"
-    return None
+        return f"{folder / MANIFEST} lists no row segments", manifest
+    return None, manifest
 
 
 def _published(cache_dir: Path) -> list[Path]:
@@ -228,12 +233,13 @@ def check_rows(folder: Path, manifest: dict[str, Any], memo: FingerprintMemo) ->
     return None
 
 
-def check_cache(folder: Path, key: Optional[str], memo: FingerprintMemo) -> Optional[str]:
-    """Why `folder` is not a usable cache for `key`, or None: manifest, file sizes, segments' content."""
-    reason = check_manifest(folder, key)
+def check_cache(folder: Path, key: Optional[str], memo: FingerprintMemo) -> tuple[Optional[str], dict[str, Any]]:
+    """(why `folder` is not a usable cache for `key`, or None; its manifest): manifest, file sizes,
+    segments' content."""
+    reason, manifest = _checked_manifest(folder, key)
     if reason is not None:
-        return reason
-    return check_rows(folder, read_manifest(folder), memo)
+        return reason, manifest
+    return check_rows(folder, manifest, memo), manifest
 
 
 @dataclass
@@ -343,8 +349,7 @@ def _build(request: CacheRequest, resolved: Resolved, tokenizer: Any, claims: Ex
         raise
 
 
-def _hit(request: CacheRequest, folder: Path, key: str, start: float) -> CacheResult:
-    manifest = read_manifest(folder)
+def _hit(request: CacheRequest, folder: Path, key: str, start: float, manifest: dict[str, Any]) -> CacheResult:
     return CacheResult(
         request.split, "hit", folder, key, manifest["rows"], manifest["tokens"], time.perf_counter() - start, manifest
     )
@@ -414,11 +419,11 @@ def ensure_caches(requests: list[CacheRequest], load_tokenizer: Optional[Callabl
         resolved = resolve(request, loader_of(request), memo)
         final = resolved.folder
         if not request.overwrite:
-            reason = check_cache(final, resolved.key, memo)
+            reason, manifest = check_cache(final, resolved.key, memo)
             if reason is None:
                 log.info("cache hit for %s: %s", request.split, final)
                 _sweep_if_idle(request.cache_dir, final.name)
-                results[index] = _hit(request, final, resolved.key, start)
+                results[index] = _hit(request, final, resolved.key, start, manifest)
                 continue
             why = reason if final.exists() else explain_miss(request.cache_dir, resolved.inputs)
         else:
@@ -447,9 +452,10 @@ def ensure_caches(requests: list[CacheRequest], load_tokenizer: Optional[Callabl
                 request = requests[index]
                 final = resolved.folder
                 memo = memos(request.cache_dir)
-                if not request.overwrite and check_cache(final, resolved.key, memo) is None:
+                reason, manifest = check_cache(final, resolved.key, memo)
+                if not request.overwrite and reason is None:
                     log.info("cache hit for %s after waiting: %s", request.split, final)
-                    results[index] = _hit(request, final, resolved.key, start)
+                    results[index] = _hit(request, final, resolved.key, start, manifest)
                     continue
                 for stale in sweep(request.cache_dir, final.name):
                     log.info("removed stale build folder %s", stale)
@@ -540,9 +546,9 @@ def open_cache(request: CacheRequest) -> tuple[CacheRows, dict[str, Any]]:
     memo = FingerprintMemo(request.cache_dir)
     resolved = resolve(request, memo=memo)
     final = resolved.folder
-    reason = check_manifest(final, resolved.key)
+    reason, manifest = _checked_manifest(final, resolved.key)
     if reason is None:
-        reason = check_rows(final, read_manifest(final), memo)
+        reason = check_rows(final, manifest, memo)
         if reason is not None:
             save_quietly(memo)
             path = Path(reason.split(" ", 1)[0])
@@ -554,7 +560,6 @@ def open_cache(request: CacheRequest) -> tuple[CacheRows, dict[str, Any]]:
             f"no valid {request.split!r} cache at {final} ({why}); run `medkor prepare --config ...` "
             "or let prepare_data build it"
         )
-    manifest = read_manifest(final)
     rows = CacheRows(segment_paths(final, manifest), final)
     if len(rows) != manifest["rows"]:
         raise CacheError(f"{final}: {len(rows)} rows on disk, manifest says {manifest['rows']}; remove the folder")

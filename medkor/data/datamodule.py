@@ -81,8 +81,8 @@ class MedKorDataModule(pl.LightningDataModule):
         max_samples: Keep at most this many documents per split (in file order).
         cache_dir: Where caches live; default `<data_dir>/.cache`.
         overwrite_cache: Rebuild even when a valid cache exists.
-        num_proc: Tokenizer processes for a build, each tokenizing whole-line chunks of
-            about 1 MiB on one core. Default: every usable core. 1: tokenize in this
+        num_proc: Tokenizer processes for a build, each tokenizing pieces (whole lines,
+            about 4 MiB) on one core. Default: every usable core. 1: tokenize in this
             process (the tokenizer's own threads still use every core, but the Python
             side then competes with them). A small split uses fewer processes.
         batch_size: Rows per batch.

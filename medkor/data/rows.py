@@ -10,7 +10,7 @@ file reads its footer and last batch only, however large the corpus.
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from array import array
 from collections import deque
 from pathlib import Path
 from typing import Iterable, Optional
@@ -216,9 +216,11 @@ class RowsFile:
             try:
                 batch = self._reader.get_batch(index)
                 ids, starts, spans = batch.column(0), batch.column(1), batch.column(2)
-                part = (_view(ids.values, np.int32), _view(ids.offsets, np.int32),
-                        _view(starts.values, np.int32), _view(starts.offsets, np.int32),
-                        _view(spans.values, np.int32), _view(spans.offsets, np.int32))
+                # offsets copied out of the mapping: a few bytes per row, read at every row; packed together
+                # in memory they stay cached, where a thousand segments' mapped pages would not
+                part = (_view(ids.values, np.int32), _view(ids.offsets, np.int32).copy(),
+                        _view(starts.values, np.int32), _view(starts.offsets, np.int32).copy(),
+                        _view(spans.values, np.int32), _view(spans.offsets, np.int32).copy())
             except ARROW_READ_ERRORS as err:
                 raise unreadable(self.path, f"record batch {index}: {err}", self.cache) from err
             _check_offsets(self.path, index, part, self.cache)
@@ -308,8 +310,7 @@ class CacheRows:
         self._files: list[Optional[RowsFile]] = [None] * len(self.segments)
         self._opened: deque[int] = deque()  # open segments, oldest first
         self._limit: Optional[int] = None  # decided on the first open
-        self._lo = self._hi = 0  # the segment read last: rows [lo, hi) of `_file`
-        self._file: Optional[RowsFile] = None
+        self._segment_of: Optional[array] = None
 
     def segment(self, index: int) -> RowsFile:
         """Segment `index`, mapped (and its row count checked) on first use."""
@@ -326,7 +327,6 @@ class CacheRows:
             oldest = self._opened.popleft()
             self._files[oldest].close()  # type: ignore[union-attr]
             self._files[oldest] = None
-            self._lo = self._hi = 0  # the segment read last may be the one just closed
         self._files[index] = opened
         self._opened.append(index)
         return opened
@@ -335,17 +335,16 @@ class CacheRows:
         return self._firsts[-1]
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        lo = self._lo
-        if lo <= index < self._hi:
-            return self._file.row(index - lo)  # type: ignore[union-attr]
+        if self._segment_of is None:  # row -> segment, built on first use: one lookup instead of a search
+            self._segment_of = array("i", np.repeat(np.arange(len(self.segments), dtype=np.int32),
+                                                    [rows for _, rows in self.segments]).tobytes())
+        try:
+            at = self._segment_of[index]
+        except IndexError:
+            raise IndexError(f"row {index} out of range for {len(self)} rows") from None
         if index < 0:
             index += self._firsts[-1]
-        if not 0 <= index < self._firsts[-1]:
-            raise IndexError(f"row {index} out of range for {len(self)} rows")
-        at = bisect_right(self._firsts, index) - 1
-        self._file = self._files[at] or self.segment(at)
-        self._lo, self._hi = lo, _ = self._firsts[at], self._firsts[at + 1]
-        return self._file.row(index - lo)
+        return (self._files[at] or self.segment(at)).row(index - self._firsts[at])
 
     def row_lengths(self) -> np.ndarray:
         lengths = [self.segment(i).row_lengths()[:rows] for i, (_, rows) in enumerate(self.segments) if rows]
