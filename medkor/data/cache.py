@@ -486,39 +486,54 @@ def ensure_caches(requests: list[CacheRequest], load_tokenizer: Optional[Callabl
     return [results[i] for i in range(len(requests))]
 
 
-def build_pieces_for(requests: list[CacheRequest], only: Optional[Callable[[int], bool]] = None,
-                     num_proc: Optional[int] = None, load_tokenizer: Optional[Callable[[], Any]] = None) -> int:
-    """Tokenize the missing pieces of several splits (those whose index `only` accepts), then pack the
-    row segments of the same share; how many pieces were built.
+def share_out(sizes: list[int], world: int) -> list[int]:
+    """The rank of each unit of work of these sizes: largest first, each to the least loaded rank.
 
-    The pieces of all requests form one list, in request order and file order, each
-    key once; it is the same in every process that sees the same files, so processes
-    given disjoint `only` share the work. Each text split's segments are shared out the
-    same way (by their place in the split; a split under max_samples packs its own, in
-    `ensure_caches`). `ensure_caches` then only reads segment facts and packs the tail.
+    Pieces vary from a quarter to four times their average size, so taking every n-th one
+    could leave one rank with much more to do; this is the same on every rank.
+    """
+    load = [0] * world
+    owner = [0] * len(sizes)
+    for index in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+        rank = min(range(world), key=lambda r: (load[r], r))
+        owner[index] = rank
+        load[rank] += sizes[index]
+    return owner
+
+
+def build_pieces_for(requests: list[CacheRequest], rank: int = 0, world: int = 1,
+                     num_proc: Optional[int] = None, load_tokenizer: Optional[Callable[[], Any]] = None) -> int:
+    """Tokenize this rank's share of the missing pieces of several splits, then pack the row segments
+    of those pieces; how many pieces were built.
+
+    The pieces of all requests form one list, in request order and file order, each key
+    once; it is the same in every process that sees the same files, and `share_out`
+    gives each of `world` ranks its pieces, so ranks share the work. Each text split's
+    segment of a piece is packed by the rank that owns the piece (a split under
+    max_samples packs its own, in `ensure_caches`). `ensure_caches` then only reads
+    segment facts and packs the tail.
     """
     memos = _Memos()
     loaders: dict[str, Callable[[], Any]] = {}
-    seen: set[str] = set()
-    groups: list[tuple[CacheRequest, list[tuple[int, PieceRef]], list[PieceRef]]] = []
-    total = 0
+    unique: dict[str, PieceRef] = {}
+    groups: list[tuple[CacheRequest, list[PieceRef]]] = []
     for request in requests:
         request.cache_dir = Path(request.cache_dir)
         request.cache_dir.mkdir(parents=True, exist_ok=True)
         loader = load_tokenizer or loaders.setdefault(request.tokenizer_path, TokenizerLoader(request.tokenizer_path))
         resolved = resolve(request, loader, memos(request.cache_dir))
-        group = []
         refs = plan_pieces(request, resolved, PieceStore(request.cache_dir))
         for ref in refs:
-            if ref.key not in seen:
-                seen.add(ref.key)
-                group.append((total, ref))
-                total += 1
-        groups.append((request, group, refs))
+            unique.setdefault(ref.key, ref)
+        groups.append((request, refs))
     memos.save()
+    owners = dict(zip(unique, share_out([ref.length for ref in unique.values()], world)))
+    mine = {key for key, owner in owners.items() if owner == rank}
     count = 0
-    for request, group, _ in groups:
-        chosen = [ref for index, ref in group if only is None or only(index)]
+    built: set[str] = set()
+    for request, refs in groups:
+        chosen = [ref for ref in refs if ref.key in mine and ref.key not in built]
+        built.update(ref.key for ref in chosen)
         if not chosen:
             continue
         loader = load_tokenizer or loaders[request.tokenizer_path]
@@ -526,13 +541,13 @@ def build_pieces_for(requests: list[CacheRequest], only: Optional[Callable[[int]
         with Claim(store, f"pieces-{request.split}", [ref.key for ref in chosen]):
             count += build_pieces(chosen, store, lambda: _encoder_factory(request, loader())(),
                                   num_proc or request.num_proc, piece_bytes=request.piece_bytes)
-    for request, _, refs in groups:
+    for request, refs in groups:
         if request.selection.spec.examples or request.selection.max_samples is not None or request.overwrite:
             continue
         segments = SegmentStore(request.cache_dir, memos(request.cache_dir))
-        mine = [ref for index, ref in enumerate(refs) if only is None or only(index)]
         with Claim(segments, f"segments-{request.split}", []) as claim:
-            write_segments(request, mine, PieceStore(request.cache_dir), segments, claim.add)
+            write_segments(request, [ref for ref in refs if ref.key in mine], PieceStore(request.cache_dir),
+                           segments, claim.add)
     memos.save()  # merged with the other ranks': rank 0 finds these segments trusted
     return count
 

@@ -10,6 +10,7 @@ before it was read, so a write in the same clock tick as the read cannot be miss
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import logging
@@ -104,9 +105,11 @@ class FingerprintMemo:
         entries, which only costs a rehash."""
         if not self.changed or self.path is None:
             return
-        merged = self._load()
-        merged.update({name: self.entries[name] for name in self.changed if name in self.entries})
-        atomic_write_text(self.path, json.dumps(merged, sort_keys=True), what="fingerprint memo")
+        with open(self.path.with_name(f".{MEMO_NAME}.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one merge at a time on this node (elsewhere: a lost entry is rehashed)
+            merged = self._load()
+            merged.update({name: self.entries[name] for name in self.changed if name in self.entries})
+            atomic_write_text(self.path, json.dumps(merged, sort_keys=True), what="fingerprint memo")
         self.entries = merged
         self.changed = set()
 

@@ -7,11 +7,12 @@ Ranks that write to the same cache share its work: all of them with
 (`LOCAL_RANK`/`LOCAL_WORLD_SIZE`, SLURM's local task id), since a node-local
 `cache_dir` is seen by that node only.
 
-Every piece of every split has an index (`build_pieces_for`); rank r builds the
-missing pieces whose index is r modulo the share's size, holding a lock that says it
-is alive (`<cache_dir>/.ranks/`). Rank 0 then waits until every piece exists or no
-other rank is alive, and assembles the splits (`ensure_caches`, which builds any piece
-still missing itself: the share of a rank that died or never started). A killed rank's
+Every piece of every split goes to one rank, largest first to the least loaded
+(`cache.share_out`); each rank tokenizes its missing pieces and packs their row
+segments, holding a lock that says it is alive (`<cache_dir>/.ranks/`). Rank 0 then
+waits until every other rank is done (or dead) and assembles the splits
+(`ensure_caches`: segment facts and the tail; any piece or segment still missing, the
+share of a rank that died or never started, it builds itself). A killed rank's
 finished pieces stay in the store and are reused by the rerun. Plain Python.
 """
 
@@ -46,9 +47,6 @@ class Share:
     rank: int = 0
     world: int = 1
     launcher: str = "one process"
-
-    def owns(self, index: int) -> bool:
-        return index % self.world == self.rank
 
 
 def _int(env: Mapping[str, str], name: str, default: Optional[int] = None) -> Optional[int]:
@@ -128,7 +126,7 @@ def prepare_share(requests: list[CacheRequest], share: Share, num_proc: Optional
     cache_dir = Path(requests[0].cache_dir)
     run = _run_name(requests)
     with _rank_lock(cache_dir, run, share.rank):
-        built = build_pieces_for(requests, only=share.owns, num_proc=num_proc)
+        built = build_pieces_for(requests, share.rank, share.world, num_proc=num_proc)
     if share.rank != 0:
         return built, None
     others = [_rank_lock(cache_dir, run, rank) for rank in range(1, share.world)]
@@ -137,9 +135,9 @@ def prepare_share(requests: list[CacheRequest], share: Share, num_proc: Optional
     keys = piece_keys(requests)
     while True:
         missing = sum(not store.has(key) for key, store in keys.items())
-        if not missing:
-            break
         alive = [rank for rank, lock in enumerate(others, start=1) if lock.live_holder() is not None]
+        if not missing and not alive:  # every piece there, and every rank done packing its segments
+            break
         now = time.monotonic()
         if not alive and now - started >= START_GRACE:
             log.info("%d pieces missing and no other rank is building: rank 0 builds them", missing)
