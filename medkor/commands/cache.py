@@ -35,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _count(number: int, thing: str) -> str:
+    return f"{number} {thing}{'' if number == 1 else 's'}"
+
+
 def _size(size: float) -> str:
     return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB"
 
@@ -73,7 +77,8 @@ def _ls(cache_dir: Path, as_json: bool, each_piece: bool = False) -> int:
         print(f"{entry['name']}  {entry['bytes'] / 2**20:.1f} MiB  {entry['state']}")
         if "rows" in entry:
             print(f"    {entry['rows']} rows, {entry['tokens']} tokens, {entry['documents']} documents, "
-                  f"{entry['skipped']} skipped, {entry['pieces']} pieces, {entry['segments']} row segments, "
+                  f"{entry['skipped']} skipped, {_count(entry['pieces'], 'piece')}, "
+                  f"{_count(entry['segments'], 'row segment')}, "
                   f"created {entry['created']}")
             print(f"    tokenizer {entry['tokenizer_path']}; files {', '.join(entry['files'])}")
             print(f"    {json.dumps(entry['params'], ensure_ascii=False)}")
