@@ -66,13 +66,12 @@ def prepare(config: Path, cache_dir: Path, world: int) -> tuple[float, float, li
 
 
 def rows_of(lines: list[str]) -> dict[str, list]:
-    from medkor.data.cache import read_manifest, segment_paths
-    from medkor.data.rows import CacheRows
+    from medkor.data.cache import open_folder
 
     out = {}
     for line in lines:
         folder = Path(json.loads(line)["path"])
-        rows = CacheRows(segment_paths(folder, read_manifest(folder)))
+        rows = open_folder(folder)[0]
         out[folder.name.split("-")[0]] = [tuple(part.tobytes() for part in rows[i]) for i in range(len(rows))]
     return out
 

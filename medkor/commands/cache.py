@@ -74,7 +74,8 @@ def _ls(cache_dir: Path, as_json: bool, each_piece: bool = False) -> int:
         if as_json:
             print(json.dumps(entry, ensure_ascii=False))
             continue
-        print(f"{entry['name']}  {entry['bytes'] / 2**20:.1f} MiB  {entry['state']}")
+        shared = f" ({_size(entry['own_bytes'])} its own)" if entry.get("own_bytes", entry["bytes"]) != entry["bytes"] else ""
+        print(f"{entry['name']}  {_size(entry['bytes'])}{shared}  {entry['state']}")
         if "rows" in entry:
             print(f"    {entry['rows']} rows, {entry['tokens']} tokens, {entry['documents']} documents, "
                   f"{entry['skipped']} skipped, {_count(entry['pieces'], 'piece')}, "
@@ -96,8 +97,10 @@ def _gc(cache_dir: Path, dry_run: bool) -> int:
         print(f"{'would remove' if dry_run else 'removed'} {path} ({_size(size)})")
     print(f"{len(removed)} unused piece(s) and row segment(s) {'to remove' if dry_run else 'removed'} "
           f"({_size(sum(size for _, size in removed))}); {kept} in use kept")
-    if kept:
-        print(f"every cache keeps the pieces and row segments it was built from, stale ones too: "
+    from medkor.data.inventory import list_caches
+
+    if kept and any(entry["state"].startswith("stale") for entry in list_caches(cache_dir)):
+        print(f"stale caches keep the pieces and row segments they were built from: "
               f"`medkor cache rm --stale {cache_dir}` (or `medkor cache rm {cache_dir} NAME`) removes caches, "
               "then gc frees what only they used")
     return 0
@@ -115,12 +118,16 @@ def _verify(cache_dir: Path, names: list[str]) -> int:
         for problem in problems:
             print(f"    {problem}")
         failed += bool(problems)
+    if failed:
+        print(f"`medkor prepare --config ...` writes damaged row segments again from their pieces (and rebuilds a "
+              f"removed cache); `medkor cache rm {cache_dir} NAME` removes a cache")
     return 1 if failed else 0
 
 
 def _rm(cache_dir: Path, names: list[str], older_than: float | None, everything: bool, dry_run: bool,
         stale: bool = False) -> int:
-    from medkor.data.inventory import RemoveError, collect_garbage, remove_cache, select
+    from medkor.data.inventory import CacheInUse, RemoveError, collect_garbage, remove_cache, select
+    from medkor.data.readers import describe_readers, live_readers
 
     if not (names or older_than is not None or everything or stale):
         print("medkor cache rm: name caches, or give --older-than DAYS, --stale or --all (leftover build folders "
@@ -135,10 +142,15 @@ def _rm(cache_dir: Path, names: list[str], older_than: float | None, everything:
     for folder in chosen:
         link = f" (a link; its target {os.readlink(folder)} is kept)" if folder.is_symlink() else ""
         if dry_run:
-            print(f"would remove {folder}{link}")
+            readers = [] if link else live_readers(folder)
+            print(f"would skip {folder}: {describe_readers(readers)}" if readers else f"would remove {folder}{link}")
             continue
         try:
             removed = remove_cache(folder)
+        except CacheInUse as err:
+            print(f"skipped {err}", file=sys.stderr)
+            busy += 1
+            continue
         except RemoveError as err:
             print(f"medkor cache rm: error: {err}", file=sys.stderr)
             failed += 1

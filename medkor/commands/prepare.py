@@ -106,8 +106,9 @@ def _prepare(plan: Any, started: float) -> None:
     if share.world == 1:
         results, _ = plan.prepare("fit", log)
     else:
-        log.info("rank %d of %d (%s): building the pieces whose index is %d modulo %d", share.rank, share.world,
-                 share.launcher, share.rank, share.world)
+        log.info("rank %d of %d (%s): tokenizing its share of the pieces (by size) and packing their row "
+                 "segments%s", share.rank, share.world, share.launcher,
+                 "; then assembling the splits once every rank is done" if share.rank == 0 else "")
         if share.rank == 0:
             plan.check_leaks(log)
         built, shared = prepare_share(plan.requests("fit"), share, plan.num_proc, plan.lock_timeout, log, started)

@@ -50,6 +50,7 @@ from medkor.data.key import (  # noqa: F401  (re-exported: the names callers kno
 )
 from medkor.data.lock import DEFAULT_TIMEOUT, BuildLock, LockTimeout
 from medkor.data.pieces import Claim, PieceRef, PieceStore, build_pieces, pieces_in_order, plan_pieces
+from medkor.data.readers import mark_reader
 from medkor.data.rows import CacheRows, unreadable
 from medkor.data.segments import SegmentStore
 from medkor.data.text_rows import write_segments
@@ -552,6 +553,18 @@ def build_pieces_for(requests: list[CacheRequest], rank: int = 0, world: int = 1
     return count
 
 
+def open_folder(folder: Path) -> tuple[CacheRows, dict[str, Any]]:
+    """A published cache's rows and manifest by its folder (for scripts: no request, no tokenizer),
+    checked as `open_cache` checks them: `rows[i]` is (input_ids, doc_starts, ignored_spans)."""
+    folder = Path(folder)
+    memo = FingerprintMemo(folder.parent)
+    reason, manifest = check_cache(folder, None, memo)
+    save_quietly(memo)
+    if reason is not None:
+        raise CacheError(f"{folder}: not a usable cache ({reason}); `medkor cache verify {folder.parent} {folder.name}`")
+    return CacheRows(segment_paths(folder, manifest), folder), manifest
+
+
 def open_cache(request: CacheRequest) -> tuple[CacheRows, dict[str, Any]]:
     """Check the manifest and the rows' content and memory-map the rows; never tokenizes (for `setup`).
 
@@ -576,6 +589,7 @@ def open_cache(request: CacheRequest) -> tuple[CacheRows, dict[str, Any]]:
             "or let prepare_data build it"
         )
     rows = CacheRows(segment_paths(final, manifest), final)
+    mark_reader(final)  # `medkor cache rm` leaves it while this process runs
     if len(rows) != manifest["rows"]:
         raise CacheError(f"{final}: {len(rows)} rows on disk, manifest says {manifest['rows']}; remove the folder")
     log.info("loaded %s cache %s: %d rows, %d tokens (memory-mapped)", request.split, final, len(rows), manifest["tokens"])

@@ -105,7 +105,7 @@ class FingerprintMemo:
         entries, which only costs a rehash."""
         if not self.changed or self.path is None:
             return
-        with open(self.path.with_name(f".{MEMO_NAME}.lock"), "a") as lock:
+        with open(self.path.with_name(f".{MEMO_NAME}.merge"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one merge at a time on this node (elsewhere: a lost entry is rehashed)
             merged = self._load()
             merged.update({name: self.entries[name] for name in self.changed if name in self.entries})

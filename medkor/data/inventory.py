@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
@@ -15,6 +16,7 @@ from medkor.data.cache import (
 from medkor.data.fingerprint import FingerprintMemo, hash_bytes_of
 from medkor.data.lock import BuildLock
 from medkor.data.pieces import ContentStore, PieceStore, claimed_keys
+from medkor.data.readers import describe_readers, live_readers
 from medkor.data.rows import CacheRows
 from medkor.data.segments import SegmentStore
 
@@ -61,6 +63,13 @@ def _folders(cache_dir: Path) -> list[Path]:
     if not Path(cache_dir).is_dir():
         return []
     return sorted(p for p in Path(cache_dir).iterdir() if p.is_dir() and is_cache_folder(p))
+
+
+def _bytes(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _size(folder: Path) -> int:
@@ -123,6 +132,9 @@ def list_caches(cache_dir: Path) -> list[dict[str, Any]]:
     file they were built from is missing or changed), and leftovers."""
     out: list[dict[str, Any]] = []
     memo = _memo_entries(cache_dir)
+    remembered = FingerprintMemo(cache_dir)
+    users = segment_users(cache_dir)
+    store = SegmentStore(cache_dir, remembered)
     for folder in _folders(cache_dir):
         entry: dict[str, Any] = {"name": folder.name, "path": str(folder), "bytes": _size(folder)}
         if folder.name.startswith(TMP_PREFIX):
@@ -150,7 +162,14 @@ def list_caches(cache_dir: Path) -> list[dict[str, Any]]:
                     params=manifest["inputs"]["params"],
                     pieces=len(cache_pieces(folder)),
                     segments=len(manifest["segments"]),
+                    # what removing it frees: its folder and the segments no other cache lists
+                    own_bytes=_size(folder) - sum(_bytes(store.name(key)) for key, *_ in manifest["segments"]
+                                                  if len(users.get(key, [])) > 1),
                 )
+                changed = [key for key, _, digest in manifest["segments"] if store.trusted(key) != digest]
+                if changed and entry["state"] == "ok":  # stat differs from when written or last checked
+                    entry["state"] = (f"changed: {len(changed)} row segment(s) differ from when they were written or "
+                                      f"last checked; `medkor cache verify {cache_dir} {folder.name}` hashes them")
         out.append(entry)
     return out
 
@@ -314,6 +333,10 @@ class RemoveError(OSError):
     """A cache folder could not be removed whole; the message names what is left and why."""
 
 
+class CacheInUse(RuntimeError):
+    """A cache a running process reads (`readers.py`); the message names it."""
+
+
 def remove_cache(folder: Path, wait: bool = False) -> bool:
     """Remove one folder; a published one only while no builder holds its lock.
 
@@ -324,6 +347,9 @@ def remove_cache(folder: Path, wait: bool = False) -> bool:
     if folder.is_symlink():
         folder.unlink()
         return True
+    readers = live_readers(folder) if not folder.name.startswith(".") else []
+    if readers:
+        raise CacheInUse(f"{folder}: {describe_readers(readers)}; stop it first (nothing was removed)")
     lock = _lock_of(folder)
     if wait:
         lock.acquire(timeout=None)

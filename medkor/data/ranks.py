@@ -75,11 +75,14 @@ def launch_share(per_node: bool, env: Optional[Mapping[str, str]] = None) -> Sha
     """The share of this process, from the launcher's variables (one process when there are none)."""
     env = os.environ if env is None else env
     if "WORLD_SIZE" in env and "RANK" in env:
-        if per_node:
+        if per_node and "LOCAL_WORLD_SIZE" in env:
             rank, world = _int(env, "LOCAL_RANK", 0), _int(env, "LOCAL_WORLD_SIZE", 1)
-            share = Share(rank, world, "torchrun (this node's ranks: prepare_data_per_node)")
+            share = Share(rank, world, "LOCAL_RANK/LOCAL_WORLD_SIZE: this node's ranks, prepare_data_per_node")
+        elif per_node:  # set by hand, not by torchrun: the ranks are taken to share this node
+            share = Share(_int(env, "RANK"), _int(env, "WORLD_SIZE"),
+                          "RANK/WORLD_SIZE without LOCAL_WORLD_SIZE: taken as the ranks of this node")
         else:
-            share = Share(_int(env, "RANK"), _int(env, "WORLD_SIZE"), "torchrun")
+            share = Share(_int(env, "RANK"), _int(env, "WORLD_SIZE"), "RANK/WORLD_SIZE")
     elif "SLURM_PROCID" in env or "SLURM_ARRAY_TASK_ID" in env:
         tasks, task = _int(env, "SLURM_NTASKS", 1), _int(env, "SLURM_PROCID", 0)
         count = _int(env, "SLURM_ARRAY_TASK_COUNT", 1)

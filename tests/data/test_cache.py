@@ -266,3 +266,15 @@ def test_a_miss_names_the_newest_of_equally_close_caches(data_dir, tokenizer_dir
         ensure_cache(_request(data_dir, tokenizer_dir))
     (reason,) = [r.getMessage() for r in caplog.records if "cache miss" in r.getMessage()]
     assert f"closest cache {names[1]} differs in: train.jsonl content changed" in reason  # not the older one
+
+
+def test_opening_a_cache_marks_this_process_as_its_reader(data_dir, tokenizer_dir):
+    import os
+
+    from medkor.data.readers import live_readers
+
+    built = ensure_cache(_request(data_dir, tokenizer_dir))
+    assert live_readers(built.path) == []  # building or finding it is not reading it
+    open_cache(_request(data_dir, tokenizer_dir))
+    (reader,) = live_readers(built.path)
+    assert reader["pid"] == os.getpid() and reader["command"].startswith("medkor")

@@ -52,8 +52,11 @@ def test_cache_ls_verify_rm(tmp_path, data_dir, tokenizer_dir, capsys):
     data = bytearray(rows.read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size, different content: only the full verify sees it
     rows.write_bytes(bytes(data))
+    assert cache_cmd.main(["ls", str(cache_dir)]) == 0  # no hashing, but the segment's stat moved
+    assert f"{train.name}  " in (out := capsys.readouterr().out) and "changed: 1 row segment(s)" in out
     assert cache_cmd.main(["verify", str(cache_dir)]) == 1
-    assert "content hash" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "content hash" in out and "medkor prepare --config ..." in out
     (cache_dir / ".tmp-train-0123-host-1-ab").mkdir()  # leftover of a killed build
     validation = next(Path(e["path"]) for e in entries if e["split"] == "validation")
     assert cache_cmd.main(["rm", str(cache_dir), "train"]) == 0
@@ -137,3 +140,36 @@ def test_cache_ls_marks_stale_caches_rm_removes_them_with_their_locks(tmp_path, 
     assert cache_cmd.main(["rm", str(cache_dir), "validation"]) == 0
     capsys.readouterr()
     assert states() == {} and locks() == []
+
+
+def test_cache_rm_leaves_a_cache_a_running_process_reads(tmp_path, data_dir, tokenizer_dir, capsys):
+    import signal
+    import subprocess
+    import sys
+
+    config = _config(tmp_path, data_dir, tokenizer_dir)
+    prepare_cmd.main(["--config", str(config)])
+    cache_dir = data_dir / ".cache"
+    train = next(p for p in cache_dir.iterdir() if p.is_dir() and p.name.startswith("train-"))
+    # a training process: opens the cache (setup) and keeps reading it
+    code = ("import sys, time; from pathlib import Path; "
+            "from medkor.data.readers import mark_reader; folder = Path(sys.argv[1]); mark_reader(folder); "
+            "print('reading', flush=True); time.sleep(60)")
+    reader = subprocess.Popen([sys.executable, "-c", code, str(train)], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert reader.stdout.readline().strip() == "reading"
+        capsys.readouterr()
+        assert cache_cmd.main(["rm", str(cache_dir), "train", "--dry-run"]) == 0
+        assert f"would skip {train}: in use by pid {reader.pid}" in capsys.readouterr().out
+        assert cache_cmd.main(["rm", str(cache_dir), "train"]) == 1
+        err = capsys.readouterr().err
+        assert f"skipped {train}: in use by pid {reader.pid} on host" in err and "nothing was removed" in err
+        assert train.is_dir() and all(path.is_file() for path in segments_of(train))
+        assert cache_cmd.main(["gc", str(cache_dir)]) == 0 and all(path.is_file() for path in segments_of(train))
+    finally:
+        reader.send_signal(signal.SIGKILL)  # killed: its mark stays behind, and is seen to be stale
+        reader.wait()
+    assert list((cache_dir / ".readers").iterdir())
+    assert cache_cmd.main(["rm", str(cache_dir), "train"]) == 0 and not train.exists()
+    assert not list((cache_dir / ".readers").iterdir())

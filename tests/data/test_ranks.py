@@ -10,6 +10,7 @@ from medkor.data.ranks import RankError, Share, launch_share
     ({}, False, (0, 1)),
     ({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4"}, False, (3, 8)),
     ({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4"}, True, (1, 4)),  # node-local cache
+    ({"RANK": "1", "WORLD_SIZE": "2"}, True, (1, 2)),  # set by hand, no LOCAL_*: the ranks of this node
     ({"SLURM_PROCID": "2", "SLURM_NTASKS": "4", "SLURM_LOCALID": "0", "SLURM_NODEID": "2",
       "SLURM_TASKS_PER_NODE": "1(x4)"}, False, (2, 4)),
     ({"SLURM_PROCID": "2", "SLURM_NTASKS": "4", "SLURM_LOCALID": "0", "SLURM_NODEID": "2",
@@ -27,7 +28,7 @@ def test_share_from_the_launcher(env, per_node, expected):
 
 
 def test_launcher_variables_that_are_not_a_rank_are_one_clear_error():
-    with pytest.raises(RankError, match=r"rank 5 is outside 0\.\.1 \(torchrun\)"):
+    with pytest.raises(RankError, match=r"rank 5 is outside 0\.\.1 \(RANK/WORLD_SIZE\)"):
         launch_share(False, {"RANK": "5", "WORLD_SIZE": "2"})
     with pytest.raises(RankError, match="SLURM_PROCID='x' is not a whole number"):
         launch_share(False, {"SLURM_PROCID": "x", "SLURM_NTASKS": "2"})
@@ -57,9 +58,8 @@ from pathlib import Path  # noqa: E402
 import yaml  # noqa: E402
 
 from medkor.commands import prepare as prepare_cmd  # noqa: E402
-from medkor.data.cache import read_manifest, segment_paths  # noqa: E402
+from medkor.data.cache import open_folder, read_manifest  # noqa: E402
 from medkor.data.pieces import PieceStore  # noqa: E402
-from medkor.data.rows import CacheRows  # noqa: E402
 from medkor.data.plan import DataPlan  # noqa: E402
 from medkor.data.ranks import prepare_share  # noqa: E402
 from tests.data.conftest import korean_docs, write_jsonl  # noqa: E402
@@ -104,7 +104,7 @@ def _rows(results: list[dict]) -> dict[str, list]:
     tables = {}
     for result in results:
         folder = Path(result["path"])
-        rows = CacheRows(segment_paths(folder, read_manifest(folder)))
+        rows = open_folder(folder)[0]
         tables[result["split"]] = [tuple(part.tolist() for part in rows[i]) for i in range(len(rows))]
     return tables
 

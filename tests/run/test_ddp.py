@@ -39,8 +39,7 @@ import yaml
 
 from medkor.data.cache import TMP_PREFIX, TRASH_PREFIX
 from medkor.data.collate import Collator
-from medkor.data.cache import read_manifest, segment_paths
-from medkor.data.rows import CacheRows
+from medkor.data.cache import open_folder
 from medkor.data.sampler import EpochShuffleSampler
 from tests.run.ddp_worker import digest
 from tests.run.resume_config import resume_config, write_config
@@ -320,7 +319,7 @@ def test_ranks_train_on_disjoint_halves_of_each_epoch(straight):
 
     # and they are exactly the rank's slices of the epoch's global order, batched as the loader does
     (train,) = [p for p in (straight["tmp"] / "cache").iterdir() if p.is_dir() and p.name.startswith("train-")]
-    dataset = CacheRows(segment_paths(train, read_manifest(train)))
+    dataset = open_folder(train)[0]
     collate = Collator(json.loads((train / "manifest.json").read_text(encoding="utf-8"))["pad_token_id"])
     seed = yaml.safe_load((straight["run"] / "config.yaml").read_text(encoding="utf-8"))["data"]["seed"]
     for rank in (0, 1):
