@@ -20,10 +20,11 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-USAGE = """usage: medkor prepare --config FILE [--data.KEY VALUE ...]
+USAGE = """usage: medkor prepare --config FILE [--stage fit|validate|test] [--data.KEY VALUE ...]
 
-Build (or find) the tokenized caches that `medkor fit` with the same arguments would
-use, without loading a model. Prints one JSON line per split; logs go to stderr.
+Build (or find) the tokenized caches that `medkor fit` (or `validate`, `test` with
+--stage) with the same arguments would use, without loading a model. Prints one JSON
+line per split; logs go to stderr. --stage validate needs no training data.
 Every `--data.*` option of `medkor fit` is accepted, e.g. --data.overwrite_cache true.
 Launched as several ranks (torchrun, srun, a SLURM array), the ranks split the work:
 each builds its share of the pieces and rank 0 assembles (docs/distributed.md).
@@ -95,8 +96,30 @@ def light_data_options(argv: list[str]) -> Optional[dict[str, Any]]:
     return options if isinstance(options["tokenizer_path"], str) else None
 
 
-def _prepare(plan: Any, started: float) -> None:
-    """Find or build the caches of `fit`; launched as several ranks, build this rank's share of the pieces."""
+STAGES = ("fit", "validate", "test")
+
+
+def _stage(argv: list[str]) -> tuple[str, list[str]]:
+    """`--stage NAME` (or `--stage=NAME`) taken out of the arguments; `fit` without it."""
+    rest, stage, index = [], "fit", 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg == "--stage" or arg.startswith("--stage="):
+            if "=" in arg:
+                stage = arg.split("=", 1)[1]
+            elif index + 1 < len(argv):
+                index += 1
+                stage = argv[index]
+            else:
+                stage = ""
+        else:
+            rest.append(arg)
+        index += 1
+    return stage, rest
+
+
+def _prepare(plan: Any, started: float, stage: str = "fit") -> None:
+    """Find or build the caches of `stage`; launched as several ranks, build this rank's share of the pieces."""
     from medkor.data.plan import describe, ensure_log_handler
     from medkor.data.ranks import launch_share, prepare_share
 
@@ -104,14 +127,14 @@ def _prepare(plan: Any, started: float) -> None:
     log = logging.getLogger("medkor.data")
     share = launch_share(per_node=plan.prepare_data_per_node)
     if share.world == 1:
-        results, _ = plan.prepare("fit", log)
+        results, _ = plan.prepare(stage, log)
     else:
         log.info("rank %d of %d (%s): tokenizing its share of the pieces (by size) and packing their row "
                  "segments%s", share.rank, share.world, share.launcher,
                  "; then assembling the splits once every rank is done" if share.rank == 0 else "")
-        if share.rank == 0:
+        if share.rank == 0 and stage == "fit":
             plan.check_leaks(log)
-        built, shared = prepare_share(plan.requests("fit"), share, plan.num_proc, plan.lock_timeout, log, started)
+        built, shared = prepare_share(plan.requests(stage), share, plan.num_proc, plan.lock_timeout, log, started)
         if shared is None:
             print(json.dumps({"rank": share.rank, "world": share.world, "pieces_built": built,
                               "seconds": round(time.monotonic() - started, 3)}), flush=True)
@@ -139,6 +162,11 @@ def main(argv: list[str]) -> int:
     from medkor.checks import ConfigError, check_quickly, check_run_config
     from medkor.cli import one_line
 
+    stage, argv = _stage(argv)
+    if stage not in STAGES:
+        print(f"medkor prepare: error: --stage {stage!r}: choose one of {', '.join(STAGES)}", file=sys.stderr)
+        return 2
+
     try:  # the config files and plain values, before Lightning is imported
         check_quickly(argv, paths=False)
         options = light_data_options(argv)
@@ -154,14 +182,14 @@ def main(argv: list[str]) -> int:
         if options is not None:
             from medkor.data.plan import DataPlan
 
-            _prepare(DataPlan.from_options(options), started)
+            _prepare(DataPlan.from_options(options), started, stage)
             return 0
         from medkor.data import MedKorDataModule
         from medkor.lightning_cli import parse_run_config
 
         config = parse_run_config(argv)
         check_run_config(config)
-        _prepare(MedKorDataModule(**_data_args(config)).plan, started)
+        _prepare(MedKorDataModule(**_data_args(config)).plan, started, stage)
     except ConfigError as err:
         print(f"medkor prepare: error: {one_line(err)}", file=sys.stderr)
         return 2

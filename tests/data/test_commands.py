@@ -173,3 +173,16 @@ def test_cache_rm_leaves_a_cache_a_running_process_reads(tmp_path, data_dir, tok
     assert list((cache_dir / ".readers").iterdir())
     assert cache_cmd.main(["rm", str(cache_dir), "train"]) == 0 and not train.exists()
     assert not list((cache_dir / ".readers").iterdir())
+
+
+def test_prepare_a_validate_stage_needs_no_training_data(tmp_path, data_dir, tokenizer_dir, capsys):
+    (data_dir / "train.jsonl").unlink()  # a folder that holds only validation data
+    config = _config(tmp_path, data_dir, tokenizer_dir)
+    assert prepare_cmd.main(["--config", str(config)]) == 1
+    assert "no training data" in capsys.readouterr().err
+    assert prepare_cmd.main(["--config", str(config), "--stage", "validate"]) == 0
+    assert [json.loads(line)["split"] for line in capsys.readouterr().out.splitlines()] == ["validation"]
+    assert prepare_cmd.main(["--stage=validate", "--config", str(config)]) == 0  # now a hit
+    assert json.loads(capsys.readouterr().out)["status"] == "hit"
+    assert prepare_cmd.main(["--config", str(config), "--stage", "tune"]) == 2
+    assert "--stage 'tune': choose one of fit, validate, test" in capsys.readouterr().err
