@@ -252,18 +252,33 @@ class _Built:
     seconds: float
 
 
-def _encoder_factory(request: CacheRequest, tokenizer: Any) -> Callable[[], ChunkEncoder]:
+def _encoder_factory(request: CacheRequest, load_tokenizer: Callable[[], Any]) -> Callable[[], ChunkEncoder]:
+    """Makes the encoder of the request's pieces, loading the tokenizer only then."""
     selection = request.selection
     draw_seed = selection.seed if selection.val_fraction > 0 else None
 
     def make() -> ChunkEncoder:
+        tokenizer = load_tokenizer()
         bos, eos, _ = special_ids(tokenizer)
         return ChunkEncoder(selection.spec, whole_documents(tokenizer), bos, eos, tokenizer, draw_seed)
 
     return make
 
 
-def _build(request: CacheRequest, resolved: Resolved, tokenizer: Any, claims: ExitStack,
+def _special_ids(request: CacheRequest, resolved: Resolved, load_tokenizer: Callable[[], Any]) -> tuple[int, int, int]:
+    """(bos, eos, pad): from a published cache of the same tokenizer content when there is one, so a build
+    that tokenizes nothing never loads the tokenizer (importing transformers alone takes seconds)."""
+    for folder in _published(Path(request.cache_dir)):
+        try:
+            manifest = read_manifest(folder)
+            if manifest["inputs"]["tokenizer"] == resolved.inputs["tokenizer"]:
+                return int(manifest["bos_token_id"]), int(manifest["eos_token_id"]), int(manifest["pad_token_id"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return special_ids(load_tokenizer())
+
+
+def _build(request: CacheRequest, resolved: Resolved, load_tokenizer: Callable[[], Any], claims: ExitStack,
            memo: FingerprintMemo) -> tuple[Path, dict[str, Any]]:
     """Build into a temporary folder next to the final one; returns (folder, manifest), not yet published.
 
@@ -284,7 +299,7 @@ def _build(request: CacheRequest, resolved: Resolved, tokenizer: Any, claims: Ex
     rebuilt: set[str] = set()  # stored pieces found damaged and tokenized again
 
     def source(wanted: list[PieceRef]):
-        for ref, chunk in pieces_in_order(wanted, store, _encoder_factory(request, tokenizer), request.num_proc,
+        for ref, chunk in pieces_in_order(wanted, store, _encoder_factory(request, load_tokenizer), request.num_proc,
                                           request.piece_bytes, rebuilt):
             counts["tokenized" if ref.key in missing or ref.key in rebuilt else "read"] += 1
             missing.discard(ref.key)
@@ -293,7 +308,7 @@ def _build(request: CacheRequest, resolved: Resolved, tokenizer: Any, claims: Ex
     try:
         stats = build_split(request, refs, source, segments, segment_claim.add, examples_key=resolved.key[:32],
                             reuse=not request.overwrite)
-        bos, eos, pad = special_ids(tokenizer)
+        bos, eos, pad = _special_ids(request, resolved, load_tokenizer)
         used = list(dict.fromkeys(ref.key for ref in refs))
         (tmp / PIECES_LIST).write_text(json.dumps(used), encoding="utf-8")
         manifest = {
@@ -466,7 +481,7 @@ def ensure_caches(requests: list[CacheRequest], load_tokenizer: Optional[Callabl
                 log.info("cache miss for %s (%s); building %s", request.split, why, final)
                 _check_disk(request)
                 split_start = time.perf_counter()
-                tmp, manifest = _build(request, resolved, loader_of(request)(), claims, memo)
+                tmp, manifest = _build(request, resolved, loader_of(request), claims, memo)
                 built.append(_Built(index, tmp, final, manifest, time.perf_counter() - split_start))
             # every split built: publish them all (the claims end once they are published)
             while built:
@@ -540,7 +555,7 @@ def build_pieces_for(requests: list[CacheRequest], rank: int = 0, world: int = 1
         loader = load_tokenizer or loaders[request.tokenizer_path]
         store = PieceStore(request.cache_dir)
         with Claim(store, f"pieces-{request.split}", [ref.key for ref in chosen]):
-            count += build_pieces(chosen, store, lambda: _encoder_factory(request, loader())(),
+            count += build_pieces(chosen, store, _encoder_factory(request, loader),
                                   num_proc or request.num_proc, piece_bytes=request.piece_bytes)
     for request, refs in groups:
         if request.selection.spec.examples or request.selection.max_samples is not None or request.overwrite:

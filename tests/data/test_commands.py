@@ -186,3 +186,22 @@ def test_prepare_a_validate_stage_needs_no_training_data(tmp_path, data_dir, tok
     assert json.loads(capsys.readouterr().out)["status"] == "hit"
     assert prepare_cmd.main(["--config", str(config), "--stage", "tune"]) == 2
     assert "--stage 'tune': choose one of fit, validate, test" in capsys.readouterr().err
+
+
+def test_a_rebuild_that_tokenizes_nothing_never_loads_the_tokenizer(tmp_path, data_dir, tokenizer_dir):
+    import subprocess
+    import sys
+
+    import time
+
+    config = _config(tmp_path, data_dir, tokenizer_dir)
+    time.sleep(2.1)  # the tokenizer's hash is remembered only for files older than 2 s
+    assert prepare_cmd.main(["--config", str(config)]) == 0
+    (data_dir / "train.jsonl").rename(data_dir / "train-renamed.jsonl")  # a new key, nothing to tokenize
+    code = ("import sys; from medkor.commands import prepare; code = prepare.main(sys.argv[1:]); "
+            "assert 'transformers' not in sys.modules, 'transformers imported'; sys.exit(code)")
+    proc = subprocess.run([sys.executable, "-c", code, "--config", str(config)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[2], timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    train = json.loads(proc.stdout.splitlines()[0])
+    assert train["status"] == "built" and "pieces: 0 tokenized" in proc.stderr

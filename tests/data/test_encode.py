@@ -32,7 +32,7 @@ def _encode(selection, tokenizer, num_proc, stats=None):
                            tokenizer.name_or_path, num_proc=num_proc, piece_bytes=CHUNK)
     store = PieceStore(request.cache_dir)
     refs = plan_pieces(request, resolve(request, lambda: tokenizer), store)
-    pieces = pieces_in_order(refs, store, _encoder_factory(request, tokenizer), num_proc, CHUNK)
+    pieces = pieces_in_order(refs, store, _encoder_factory(request, lambda: tokenizer), num_proc, CHUNK)
     batches = list(split_documents(pieces, selection, stats))
     values = np.concatenate([v for v, _, _ in batches]) if batches else np.zeros(0, np.int32)
     lengths = np.concatenate([n for _, n, _ in batches]) if batches else np.zeros(0, np.int64)
