@@ -41,6 +41,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from medkor.data.backends import stored_special_ids, text_backend
 from medkor.data.build import build_split, special_ids, whole_documents
 from medkor.data.encode import ChunkEncoder
 from medkor.data.fingerprint import FingerprintMemo, hash_bytes_of
@@ -252,12 +253,17 @@ class _Built:
     seconds: float
 
 
-def _encoder_factory(request: CacheRequest, load_tokenizer: Callable[[], Any]) -> Callable[[], ChunkEncoder]:
-    """Makes the encoder of the request's pieces, loading the tokenizer only then."""
+def _encoder_factory(request: CacheRequest, load_tokenizer: Callable[[], Any],
+                     fingerprint: str) -> Callable[[], ChunkEncoder]:
+    """Makes the encoder of the request's pieces, loading what it needs only then: for plain text the
+    stored backend of this tokenizer content (`backends.py`), for the other formats the tokenizer."""
     selection = request.selection
     draw_seed = selection.seed if selection.val_fraction > 0 else None
 
     def make() -> ChunkEncoder:
+        if not selection.spec.examples:
+            backend, (bos, eos, _) = text_backend(Path(request.cache_dir), fingerprint, load_tokenizer)
+            return ChunkEncoder(selection.spec, backend, bos, eos, None, draw_seed)
         tokenizer = load_tokenizer()
         bos, eos, _ = special_ids(tokenizer)
         return ChunkEncoder(selection.spec, whole_documents(tokenizer), bos, eos, tokenizer, draw_seed)
@@ -266,16 +272,9 @@ def _encoder_factory(request: CacheRequest, load_tokenizer: Callable[[], Any]) -
 
 
 def _special_ids(request: CacheRequest, resolved: Resolved, load_tokenizer: Callable[[], Any]) -> tuple[int, int, int]:
-    """(bos, eos, pad): from a published cache of the same tokenizer content when there is one, so a build
-    that tokenizes nothing never loads the tokenizer (importing transformers alone takes seconds)."""
-    for folder in _published(Path(request.cache_dir)):
-        try:
-            manifest = read_manifest(folder)
-            if manifest["inputs"]["tokenizer"] == resolved.inputs["tokenizer"]:
-                return int(manifest["bos_token_id"]), int(manifest["eos_token_id"]), int(manifest["pad_token_id"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return special_ids(load_tokenizer())
+    """(bos, eos, pad), without loading the tokenizer where this tokenizer content was seen before."""
+    stored = stored_special_ids(Path(request.cache_dir), resolved.inputs["tokenizer"])
+    return stored if stored is not None else special_ids(load_tokenizer())
 
 
 def _build(request: CacheRequest, resolved: Resolved, load_tokenizer: Callable[[], Any], claims: ExitStack,
@@ -299,8 +298,8 @@ def _build(request: CacheRequest, resolved: Resolved, load_tokenizer: Callable[[
     rebuilt: set[str] = set()  # stored pieces found damaged and tokenized again
 
     def source(wanted: list[PieceRef]):
-        for ref, chunk in pieces_in_order(wanted, store, _encoder_factory(request, load_tokenizer), request.num_proc,
-                                          request.piece_bytes, rebuilt):
+        encoder = _encoder_factory(request, load_tokenizer, resolved.inputs["tokenizer"])
+        for ref, chunk in pieces_in_order(wanted, store, encoder, request.num_proc, request.piece_bytes, rebuilt):
             counts["tokenized" if ref.key in missing or ref.key in rebuilt else "read"] += 1
             missing.discard(ref.key)
             yield ref, chunk
@@ -532,12 +531,14 @@ def build_pieces_for(requests: list[CacheRequest], rank: int = 0, world: int = 1
     memos = _Memos()
     loaders: dict[str, Callable[[], Any]] = {}
     unique: dict[str, PieceRef] = {}
+    fingerprints: dict[str, str] = {}  # split -> its tokenizer's content fingerprint
     groups: list[tuple[CacheRequest, list[PieceRef]]] = []
     for request in requests:
         request.cache_dir = Path(request.cache_dir)
         request.cache_dir.mkdir(parents=True, exist_ok=True)
         loader = load_tokenizer or loaders.setdefault(request.tokenizer_path, TokenizerLoader(request.tokenizer_path))
         resolved = resolve(request, loader, memos(request.cache_dir))
+        fingerprints[request.split] = resolved.inputs["tokenizer"]
         refs = plan_pieces(request, resolved, PieceStore(request.cache_dir))
         for ref in refs:
             unique.setdefault(ref.key, ref)
@@ -555,7 +556,7 @@ def build_pieces_for(requests: list[CacheRequest], rank: int = 0, world: int = 1
         loader = load_tokenizer or loaders[request.tokenizer_path]
         store = PieceStore(request.cache_dir)
         with Claim(store, f"pieces-{request.split}", [ref.key for ref in chosen]):
-            count += build_pieces(chosen, store, _encoder_factory(request, loader),
+            count += build_pieces(chosen, store, _encoder_factory(request, loader, fingerprints[request.split]),
                                   num_proc or request.num_proc, piece_bytes=request.piece_bytes)
     for request, refs in groups:
         if request.selection.spec.examples or request.selection.max_samples is not None or request.overwrite:

@@ -188,7 +188,7 @@ def test_prepare_a_validate_stage_needs_no_training_data(tmp_path, data_dir, tok
     assert "--stage 'tune': choose one of fit, validate, test" in capsys.readouterr().err
 
 
-def test_a_rebuild_that_tokenizes_nothing_never_loads_the_tokenizer(tmp_path, data_dir, tokenizer_dir):
+def test_a_rebuild_of_plain_text_never_loads_transformers(tmp_path, data_dir, tokenizer_dir):
     import subprocess
     import sys
 
@@ -200,8 +200,15 @@ def test_a_rebuild_that_tokenizes_nothing_never_loads_the_tokenizer(tmp_path, da
     (data_dir / "train.jsonl").rename(data_dir / "train-renamed.jsonl")  # a new key, nothing to tokenize
     code = ("import sys; from medkor.commands import prepare; code = prepare.main(sys.argv[1:]); "
             "assert 'transformers' not in sys.modules, 'transformers imported'; sys.exit(code)")
-    proc = subprocess.run([sys.executable, "-c", code, "--config", str(config)], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[2], timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    train = json.loads(proc.stdout.splitlines()[0])
-    assert train["status"] == "built" and "pieces: 0 tokenized" in proc.stderr
+    def prepare() -> str:
+        proc = subprocess.run([sys.executable, "-c", code, "--config", str(config)], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parents[2], timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads(proc.stdout.splitlines()[0])["status"] == "built"
+        return proc.stderr
+
+    assert "pieces: 0 tokenized" in prepare()
+    # plain text tokenized again (an edited line): the backend stored by the first build, still no transformers
+    path = data_dir / "train-renamed.jsonl"
+    path.write_text(path.read_text(encoding="utf-8").replace("고혈압", "고혈압증", 1), encoding="utf-8")
+    assert "pieces: 1 tokenized" in prepare()

@@ -31,8 +31,10 @@ def _encode(selection, tokenizer, num_proc, stats=None):
     request = CacheRequest("train", selection, folder, folder / f".cache-{uuid.uuid4().hex}",
                            tokenizer.name_or_path, num_proc=num_proc, piece_bytes=CHUNK)
     store = PieceStore(request.cache_dir)
-    refs = plan_pieces(request, resolve(request, lambda: tokenizer), store)
-    pieces = pieces_in_order(refs, store, _encoder_factory(request, lambda: tokenizer), num_proc, CHUNK)
+    resolved = resolve(request, lambda: tokenizer)
+    refs = plan_pieces(request, resolved, store)
+    pieces = pieces_in_order(refs, store, _encoder_factory(request, lambda: tokenizer, resolved.inputs["tokenizer"]),
+                             num_proc, CHUNK)
     batches = list(split_documents(pieces, selection, stats))
     values = np.concatenate([v for v, _, _ in batches]) if batches else np.zeros(0, np.int32)
     lengths = np.concatenate([n for _, n, _ in batches]) if batches else np.zeros(0, np.int64)
