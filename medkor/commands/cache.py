@@ -148,7 +148,7 @@ def _rm(cache_dir: Path, names: list[str], older_than: float | None, everything:
         try:
             removed = remove_cache(folder)
         except CacheInUse as err:
-            print(f"skipped {err}", file=sys.stderr)
+            print(f"skipped {err}", file=sys.stderr)  # the message says this cache was left as it is
             busy += 1
             continue
         except RemoveError as err:

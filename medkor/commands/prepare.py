@@ -140,6 +140,8 @@ def _prepare(plan: Any, started: float, stage: str = "fit") -> None:
                               "seconds": round(time.monotonic() - started, 3)}), flush=True)
             return
         results = shared
+        log.info("rank 0 tokenized %d piece(s) itself before assembling (the lines below count the pieces "
+                 "each split found tokenized as reused)", built)
         for result in results:
             log.info(describe(result))
     for result in results:

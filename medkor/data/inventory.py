@@ -167,9 +167,13 @@ def list_caches(cache_dir: Path) -> list[dict[str, Any]]:
                                                   if len(users.get(key, [])) > 1),
                 )
                 changed = [key for key, _, digest in manifest["segments"] if store.trusted(key) != digest]
-                if changed and entry["state"] == "ok":  # stat differs from when written or last checked
-                    entry["state"] = (f"changed: {len(changed)} row segment(s) differ from when they were written or "
-                                      f"last checked; `medkor cache verify {cache_dir} {folder.name}` hashes them")
+                if changed:  # a segment's stat differs from when it was written or last checked
+                    found = (f"changed: {len(changed)} row segment(s) differ from when they were written or last "
+                             f"checked; `medkor cache verify {cache_dir} {folder.name}` hashes them")
+                    entry["state"] = found if entry["state"] == "ok" else f"{entry['state']}; {found}"
+                readers = live_readers(folder)
+                if readers:
+                    entry["state"] += f"; {describe_readers(readers)}"
         out.append(entry)
     return out
 
@@ -349,7 +353,7 @@ def remove_cache(folder: Path, wait: bool = False) -> bool:
         return True
     readers = live_readers(folder) if not folder.name.startswith(".") else []
     if readers:
-        raise CacheInUse(f"{folder}: {describe_readers(readers)}; stop it first (nothing was removed)")
+        raise CacheInUse(f"{folder}: {describe_readers(readers)}; this cache was left as it is (stop that run first)")
     lock = _lock_of(folder)
     if wait:
         lock.acquire(timeout=None)

@@ -151,8 +151,9 @@ class BuildLock:
     """
 
     def __init__(self, path: Union[str, Path], what: str = "", stale_after: float = STALE_AFTER,
-                 heartbeat: Optional[float] = None) -> None:
+                 heartbeat: Optional[float] = None, quiet: bool = False) -> None:
         self.path = Path(path)
+        self.quiet = quiet  # a take-over is routine here (a dead build's claim): logged at debug level
         self.owner = self.path.with_name(self.path.name + ".owner")
         self.what = what or self.path.stem
         self.stale_after = float(stale_after)
@@ -331,7 +332,8 @@ class BuildLock:
             current = self.holder()
             if current is not None and current.token == stale.token:
                 os.unlink(self.owner)
-                log.warning("took over %s from %s: its holder is gone", self.owner, stale.describe())
+                (log.debug if self.quiet else log.warning)("took over %s from %s: its holder is gone", self.owner,
+                                                           stale.describe())
         finally:
             guard.unlink(missing_ok=True)
 

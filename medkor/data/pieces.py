@@ -373,7 +373,7 @@ def claimed_keys(store: ContentStore) -> set[str]:
     if not folder.is_dir():
         return keys
     for record in sorted(folder.glob("*.json")):
-        lock = BuildLock(record.with_suffix(".lock"))
+        lock = BuildLock(record.with_suffix(".lock"), quiet=True)
         if not lock.try_acquire():
             try:
                 keys.update(json.loads(record.read_text())["keys"])

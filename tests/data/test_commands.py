@@ -164,7 +164,9 @@ def test_cache_rm_leaves_a_cache_a_running_process_reads(tmp_path, data_dir, tok
         assert f"would skip {train}: in use by pid {reader.pid}" in capsys.readouterr().out
         assert cache_cmd.main(["rm", str(cache_dir), "train"]) == 1
         err = capsys.readouterr().err
-        assert f"skipped {train}: in use by pid {reader.pid} on host" in err and "nothing was removed" in err
+        assert f"skipped {train}: in use by pid {reader.pid} on host" in err and "left as it is" in err
+        assert cache_cmd.main(["ls", str(cache_dir)]) == 0
+        assert f"ok; in use by pid {reader.pid}" in capsys.readouterr().out
         assert train.is_dir() and all(path.is_file() for path in segments_of(train))
         assert cache_cmd.main(["gc", str(cache_dir)]) == 0 and all(path.is_file() for path in segments_of(train))
     finally:
