@@ -39,6 +39,7 @@ from medkor.model import MedGemmaModule
 from medkor.run.folders import discard_if_unused, find_last_checkpoint, version_of_checkpoint
 from medkor.run.loggers import assign_versions, continue_history, stage_subfolder, versioned_groups
 from medkor.run.publish import sweep_leftovers
+from medkor.run.report import carried_overrides
 from medkor.run.run_lock import RunLock, check_launch_lock
 
 # Lightning's start-up lines that tell a medkor user nothing (the accelerator is in the config)
@@ -150,6 +151,7 @@ class MedKorCLI(LightningCLI):
     made_roots: list[Path] = []  # folders above them that this process created (removed again if left empty)
     locks: list[RunLock] = []  # run folders this process writes into, locked until the run ends
     command: str = "medkor"  # the command line, recorded in the lock
+    argv: list[str] = []  # its arguments: the suggested next commands repeat its --model.*/--data.* options
     parsers: list[LightningArgumentParser] = []
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
@@ -237,7 +239,8 @@ class MedKorCLI(LightningCLI):
         trainer.callbacks[:0] = [cb() for cb in (CheckpointWriteWatch, ResumeState, SaveOnPreemption, MixtureMetrics)
                                  if cb not in present]
         if RunReport not in present:
-            trainer.callbacks.append(RunReport(configs))  # last: its closing lines come after the progress bar's
+            # last: its closing lines come after the progress bar's
+            trainer.callbacks.append(RunReport(configs, carried_overrides(MedKorCLI.argv)))
         return trainer
 
     def _config_of_subcommand(self) -> Any:
@@ -340,6 +343,7 @@ def run_cli(args: Sequence[str], from_argv: bool = False) -> MedKorCLI:
     _quiet_lightning()
     MedKorCLI.claimed, MedKorCLI.locks, MedKorCLI.parsers, MedKorCLI.made_roots = [], [], [], []
     MedKorCLI.command = shlex.join(["medkor", *args])
+    MedKorCLI.argv = list(args)
     try:
         return MedKorCLI(
             MedGemmaModule,

@@ -18,10 +18,12 @@ class RunReport(Callback):
 
     Args:
         config_files: the `--config` files of the run, repeated in the suggested commands.
+        overrides: the run's `--model.*`/`--data.*` command-line options, repeated there too.
     """
 
-    def __init__(self, config_files: Sequence[str] = ()) -> None:
+    def __init__(self, config_files: Sequence[str] = (), overrides: Sequence[str] = ()) -> None:
         self.config_files = [str(c) for c in config_files]
+        self.overrides = [str(o) for o in overrides]
         self._started: Optional[float] = None
         self._end: Optional[str] = None
         self._first_step = 0  # the global step this process started from (a resume's checkpoint step)
@@ -45,7 +47,8 @@ class RunReport(Callback):
             trained += f"; {losses_text(losses)}"
         trained += _accuracy_change(trainer)
         summary = run_dir / "kormedmcqa" / "summary.json" if run_dir is not None else None
-        self._end = "\n".join(fit_end_lines(run_dir, last, best, label, summary, self.config_files, trained))
+        self._end = "\n".join(fit_end_lines(run_dir, last, best, label, summary, self.config_files, trained,
+                                             self.overrides))
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # after the progress bar has drawn its last frame (this callback runs after it), so these lines end the output

@@ -109,6 +109,21 @@ def _command(*parts: str) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
+def carried_overrides(args: Sequence[str]) -> list[str]:
+    """The `--model.*` and `--data.*` options of a command line, with their values: the suggested
+    `validate` and `export` repeat them, or they would score or export another model or data."""
+    out, index = [], 0
+    while index < len(args):
+        arg = args[index]
+        if arg.startswith(("--model.", "--data.")) and not arg.startswith("--data.overwrite_cache"):
+            out.append(arg)
+            if "=" not in arg and index + 1 < len(args) and not args[index + 1].startswith("--"):
+                index += 1
+                out.append(args[index])
+        index += 1
+    return out
+
+
 def fit_end_lines(
     run_dir: Optional[Path],
     last: Optional[str],
@@ -117,8 +132,10 @@ def fit_end_lines(
     summary: Optional[Path],
     config_files: Sequence[str],
     trained: str,
+    overrides: Sequence[str] = (),
 ) -> list[str]:
-    """The lines at the end of `medkor fit`: what ran, where it is, and the commands that come next."""
+    """The lines at the end of `medkor fit`: what ran, where it is, and the commands that come next
+    (with the run's `--config` files and its `--model.*`/`--data.*` overrides)."""
     lines = [f"done: {trained}"]
     if run_dir is not None:
         lines.append(f"run folder   {shown_path(run_dir)}")
@@ -128,7 +145,7 @@ def fit_end_lines(
         lines.append(f"{best_label:<12} {shown_path(best)}")
     if summary is not None and summary.is_file():
         lines.append(f"summary      {shown_path(summary)}")
-    configs = [x for c in config_files for x in ("--config", shown_path(c))]
+    configs = [x for c in config_files for x in ("--config", shown_path(c))] + list(overrides)
     chosen = best or last
     nexts = []
     if run_dir is not None and (run_dir / "metrics.csv").is_file():

@@ -65,3 +65,17 @@ def test_last_step_epoch_reads_the_epochs_started():
     assert last_step_epoch({"epoch": 2, "loops": progress(3)}) == 2  # inside epoch 2
     assert last_step_epoch({"epoch": 4}) == 4  # no loop state: Lightning's number
     assert steps_text(1, 24, 24, 5.6) == "1 epoch, 24 optimizer steps in 6 s"
+
+
+def test_the_suggested_commands_repeat_the_runs_model_and_data_options(tmp_path):
+    from medkor.run.report import carried_overrides, fit_end_lines
+
+    argv = ["fit", "--config", "a.yaml", "--data.data_dir", "/d", "--trainer.max_steps", "5",
+            "--model.learning_rate=0.1", "--data.overwrite_cache", "true", "--data.packing", "false"]
+    carried = carried_overrides(argv)
+    assert carried == ["--data.data_dir", "/d", "--model.learning_rate=0.1", "--data.packing", "false"]
+    lines = fit_end_lines(tmp_path, "last.ckpt", None, "best", None, ["a.yaml"], "1 epoch", carried)
+    validate = next(line for line in lines if "medkor validate" in line)
+    assert validate.strip() == ("medkor validate --config a.yaml --data.data_dir /d --model.learning_rate=0.1 "
+                                "--data.packing false --ckpt_path last.ckpt")
+    assert any("medkor export --config a.yaml --data.data_dir /d" in line for line in lines)
