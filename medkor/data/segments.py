@@ -86,10 +86,13 @@ class SegmentStore(ContentStore):
     folder = SEGMENTS_DIR
     suffix = SEGMENT_SUFFIX
 
+    save_every = 10.0  # seconds: written segments' hashes are saved this often, so a killed build's are kept
+
     def __init__(self, cache_dir: Path, memo: Optional[FingerprintMemo] = None) -> None:
         super().__init__(cache_dir)
         self.memo = memo if memo is not None else FingerprintMemo(None)
         self._prefix = os.path.join(str(self.root), "")
+        self._saved_at = time.monotonic()
 
     def name(self, key: str) -> str:
         """The segment's path as a string: a warm start handles hundreds of them, Path objects cost more."""
@@ -117,6 +120,12 @@ class SegmentStore(ContentStore):
         digest = hash_mapped(self.path(key))
         # written privately and renamed: nobody else wrote it since, so the racy-stat rule does not apply
         self.memo.remember(self._memo_name(key), [stat_tuple(self.path(key))], digest)
+        if time.monotonic() - self._saved_at >= self.save_every:  # the rerun of a killed build trusts them
+            self._saved_at = time.monotonic()
+            try:
+                self.memo.save()
+            except OSError:
+                pass  # only not remembered yet
         return digest, rows, tokens
 
     def trusted(self, key: str) -> Optional[str]:

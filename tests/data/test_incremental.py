@@ -322,3 +322,25 @@ def test_stored_draws_carve_the_same_validation_split_as_the_records():
         selection = Selection(files=[], val_fraction=0.3, take_validation=take, seed=11)
         draws = np.array([validation_draw(t, 11) for t in texts], dtype=np.uint64)
         assert selection.keep_mask(draws, len(texts)).tolist() == [selection.keeps(t) for t in texts]
+
+
+def test_written_segments_are_remembered_while_a_build_runs(tmp_path, tokenizer_dir, monkeypatch):
+    # a build killed after some segments were written: its rerun trusts them instead of packing them again
+    from medkor.data.fingerprint import FingerprintMemo
+    from medkor.data.segments import SegmentStore
+
+    monkeypatch.setattr(SegmentStore, "save_every", 0.0)
+    data = _corpus(tmp_path / "data")
+    request = _requests(data, tmp_path / "cache", tokenizer_dir)[0]
+    saved: list[int] = []
+    real_save = FingerprintMemo.save
+
+    def save(self) -> None:
+        real_save(self)
+        on_disk = FingerprintMemo(tmp_path / "cache").entries
+        saved.append(sum(name.startswith("segment:") for name in on_disk))
+
+    monkeypatch.setattr(FingerprintMemo, "save", save)
+    built = ensure_cache(request)
+    assert len(saved) > 3 and saved[0] >= 1 and saved[:-1] == sorted(saved[:-1])  # saved as they were written
+    assert saved[-1] == len(built.manifest["segments"])
