@@ -209,6 +209,14 @@ class RowsFile:
         self._parts: list[Optional[tuple[np.ndarray, ...]]] = [None] * batches
         self._len = (batches - 1) * self._per_batch + self._part(batches - 1)[1].size - 1 if batches else 0
 
+    @property
+    def batches(self) -> int:
+        return len(self._parts)
+
+    def part(self, index: int) -> tuple[np.ndarray, ...]:
+        """Record batch `index` as (values, offsets, starts, starts_offsets, spans, spans_offsets), checked."""
+        return self._parts[index] or self._part(index)
+
     def _part(self, index: int) -> tuple[np.ndarray, ...]:
         """(values, offsets, starts, starts_offsets, spans, spans_offsets) views of a record batch, read on first use."""
         part = self._parts[index]
@@ -308,6 +316,8 @@ class CacheRows:
         for _, rows in self.segments:
             self._firsts.append(self._firsts[-1] + rows)
         self._files: list[Optional[RowsFile]] = [None] * len(self.segments)
+        # a segment of one record batch (most are) as its arrays, read without a call into RowsFile
+        self._single: list[Optional[tuple[np.ndarray, ...]]] = [None] * len(self.segments)
         self._opened: deque[int] = deque()  # open segments, oldest first
         self._limit: Optional[int] = None  # decided on the first open
         self._segment_of: Optional[array] = None
@@ -326,8 +336,10 @@ class CacheRows:
         while len(self._opened) >= self._limit:
             oldest = self._opened.popleft()
             self._files[oldest].close()  # type: ignore[union-attr]
-            self._files[oldest] = None
+            self._files[oldest] = self._single[oldest] = None
         self._files[index] = opened
+        if opened.batches == 1:
+            self._single[index] = opened.part(0)
         self._opened.append(index)
         return opened
 
@@ -344,7 +356,13 @@ class CacheRows:
             raise IndexError(f"row {index} out of range for {len(self)} rows") from None
         if index < 0:
             index += self._firsts[-1]
-        return (self._files[at] or self.segment(at)).row(index - self._firsts[at])
+        part = self._single[at]
+        if part is None:
+            return (self._files[at] or self.segment(at)).row(index - self._firsts[at])
+        local = index - self._firsts[at]
+        values, offsets, starts, starts_offsets, spans, spans_offsets = part
+        return (values[offsets[local] : offsets[local + 1]], starts[starts_offsets[local] : starts_offsets[local + 1]],
+                spans[spans_offsets[local] : spans_offsets[local + 1]])
 
     def row_lengths(self) -> np.ndarray:
         lengths = [self.segment(i).row_lengths()[:rows] for i, (_, rows) in enumerate(self.segments) if rows]
