@@ -467,11 +467,12 @@ def ensure_caches(requests: list[CacheRequest], load_tokenizer: Optional[Callabl
                 request = requests[index]
                 final = resolved.folder
                 memo = memos(request.cache_dir)
-                reason, manifest = check_cache(final, resolved.key, memo)
-                if not request.overwrite and reason is None:
-                    log.info("cache hit for %s after waiting: %s", request.split, final)
-                    results[index] = _hit(request, final, resolved.key, start, manifest)
-                    continue
+                if not request.overwrite:  # another builder may have published it meanwhile
+                    reason, manifest = check_cache(final, resolved.key, memo)
+                    if reason is None:
+                        log.info("cache hit for %s after waiting: %s", request.split, final)
+                        results[index] = _hit(request, final, resolved.key, start, manifest)
+                        continue
                 for stale in sweep(request.cache_dir, final.name):
                     log.info("removed stale build folder %s", stale)
                 if final.exists() and not request.overwrite:

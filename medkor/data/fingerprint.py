@@ -71,10 +71,6 @@ class FingerprintMemo:
         self.entries: dict[str, Any] = self._load()
         self.changed: set[str] = set()  # names remembered by this process, merged into the file on save
 
-    @property
-    def dirty(self) -> bool:
-        return bool(self.changed)
-
     def _load(self) -> dict[str, Any]:
         if self.path is None or not self.path.is_file():
             return {}

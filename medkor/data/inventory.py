@@ -87,9 +87,9 @@ def _lock_of(folder: Path) -> BuildLock:
     return BuildLock(folder.parent / f"{name}.lock", what=name)
 
 
-def _memo_entries(cache_dir: Path) -> dict[str, Any]:
+def _memo_entries(memo: FingerprintMemo) -> dict[str, Any]:
     """The directory's remembered file hashes (`fingerprints.json`): absolute path -> {stat, hash}."""
-    entries = FingerprintMemo(cache_dir).entries
+    entries = memo.entries
     return {k[len("file:"):]: v for k, v in entries.items() if k.startswith("file:") and isinstance(v, dict)}
 
 
@@ -131,8 +131,8 @@ def list_caches(cache_dir: Path) -> list[dict[str, Any]]:
     """Every folder in `cache_dir`: published caches with their manifest facts (`stale: ...` when an input
     file they were built from is missing or changed), and leftovers."""
     out: list[dict[str, Any]] = []
-    memo = _memo_entries(cache_dir)
-    remembered = FingerprintMemo(cache_dir)
+    remembered = FingerprintMemo(cache_dir)  # loaded once: file hashes for `stale`, segment hashes for `changed`
+    memo = _memo_entries(remembered)
     users = segment_users(cache_dir)
     store = SegmentStore(cache_dir, remembered)
     for folder in _folders(cache_dir):
@@ -163,8 +163,8 @@ def list_caches(cache_dir: Path) -> list[dict[str, Any]]:
                     pieces=len(cache_pieces(folder)),
                     segments=len(manifest["segments"]),
                     # what removing it frees: its folder and the segments no other cache lists
-                    own_bytes=_size(folder) - sum(_bytes(store.name(key)) for key, *_ in manifest["segments"]
-                                                  if len(users.get(key, [])) > 1),
+                    own_bytes=entry["bytes"] - sum(_bytes(store.name(key)) for key, *_ in manifest["segments"]
+                                                   if len(users.get(key, [])) > 1),
                 )
                 changed = [key for key, _, digest in manifest["segments"] if store.trusted(key) != digest]
                 if changed:  # a segment's stat differs from when it was written or last checked
@@ -384,7 +384,7 @@ def select(cache_dir: Path, names: list[str], older_than_days: Optional[float], 
     """The folders `medkor cache rm` acts on: named ones (prefixes), old ones, stale ones (`stale_inputs`), leftovers."""
     chosen = []
     now = time.time()
-    memo = _memo_entries(cache_dir) if stale else {}
+    memo = _memo_entries(FingerprintMemo(cache_dir)) if stale else {}
     for folder in _folders(cache_dir):
         leftover = folder.name.startswith((TMP_PREFIX, TRASH_PREFIX))
         # a name matches as a prefix; a key fragment (6+ characters) anywhere in the name
